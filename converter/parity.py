@@ -1,0 +1,107 @@
+"""Parity: does the Keras model compute what the PyTorch reference computes?
+
+The gate is `np.testing.assert_allclose(tf, pt, rtol, atol)` semantics: every element
+within atol + rtol * |pt|. When it fails, `localise` compares hidden states block by
+block and names the first one that diverges, so a mapping bug is located, not only seen.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import frameworks
+from .variants import ArchConfig
+
+# A mapping bug moves hidden states by O(1) relative to their scale; float32 rounding
+# across dozens of blocks stays far below this.
+DIVERGENCE = 1e-3
+
+
+def compare(actual, desired, rtol: float, atol: float) -> dict:
+    actual = np.asarray(actual, dtype=np.float64)
+    desired = np.asarray(desired, dtype=np.float64)
+    if actual.shape != desired.shape:
+        return {"passed": False, "max_abs": None, "max_rel": None,
+                "detail": f"shape {list(actual.shape)} vs reference {list(desired.shape)}"}
+    diff = np.abs(actual - desired)
+    nonzero = np.abs(desired) > 0
+    max_rel = float((diff[nonzero] / np.abs(desired[nonzero])).max()) if nonzero.any() else 0.0
+    passed = bool(np.all(diff <= atol + rtol * np.abs(desired)) and np.isfinite(actual).all())
+    return {"passed": passed, "max_abs": float(diff.max()) if diff.size else 0.0, "max_rel": max_rel}
+
+
+def make_video(cfg: ArchConfig, batch: int, seed: int) -> np.ndarray:
+    """A normalised-looking clip, PyTorch layout [B, C, T, H, W]."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, cfg.in_channels, cfg.num_frames, cfg.image_size, cfg.image_size)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def channels_last(video: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(video.transpose(0, 2, 3, 4, 1))
+
+
+def keras_inputs(video: np.ndarray, mask, dtype="float32"):
+    x = channels_last(video).astype(dtype)
+    return x if mask is None else [x, mask]
+
+
+def run_reference(reference, video: np.ndarray, mask=None, dtype="float32") -> np.ndarray:
+    torch = frameworks.load_torch()
+    x = torch.from_numpy(video.astype(dtype))
+    with torch.inference_mode():
+        out = reference(x) if mask is None else reference(x, torch.from_numpy(mask))
+    return out.numpy()
+
+
+def _reference_states(reference, video, mask, dtype):
+    torch = frameworks.load_torch()
+    x = torch.from_numpy(video.astype(dtype))
+    with torch.inference_mode():
+        if mask is None:
+            states = reference.hidden_states(x)
+            names = ["embedding"] + [f"blocks.{i}" for i in range(len(states) - 1)]
+            return list(zip(names, [s.numpy() for s in states]))
+        m = torch.from_numpy(mask)
+        enc = reference.encoder
+        embedding = enc.patch_embed(x) + enc.pos_table.type_as(x)
+        encoded = reference.encode(x, m)
+        decoded = reference.decode(encoded[-1], m)
+        named = [("encoder.embedding", embedding)]
+        named += [(f"encoder.blocks.{i}", s) for i, s in enumerate(encoded[1:-1])]
+        named += [("decoder input", decoded[0])]
+        named += [(f"decoder.blocks.{i}", s) for i, s in enumerate(decoded[1:-1])]
+        return [(n, s.numpy()) for n, s in named]
+
+
+def localise(reference, model, video: np.ndarray, mask=None, dtype="float32") -> dict:
+    """Per-stage comparison; `first_divergent` is the first stage whose error exceeds
+    DIVERGENCE relative to the reference's scale (None: the stack agrees, look at the head)."""
+    from tf_models import hidden_state_model
+
+    expected = _reference_states(reference, video, mask, dtype)
+    got = hidden_state_model(model).predict(keras_inputs(video, mask, dtype), verbose=0)
+    got = got if isinstance(got, list) else [got]
+    stages, first = [], None
+    for (name, ref), out in zip(expected, got):
+        if ref.shape != out.shape:
+            stages.append({"stage": name, "max_abs": None, "relative": None})
+            first = first or name
+            continue
+        max_abs = float(np.abs(out.astype(np.float64) - ref).max())
+        relative = max_abs / max(float(np.abs(ref).max()), 1e-12)
+        stages.append({"stage": name, "max_abs": max_abs, "relative": relative})
+        if first is None and relative > DIVERGENCE:
+            first = name
+    return {"first_divergent": first, "stages": stages}
+
+
+def describe_localisation(loc: dict) -> str:
+    if not loc:
+        return ""
+    first = loc["first_divergent"]
+    if first is None:
+        return "all hidden states agree: the divergence is in the head (final norm / pooling / head)"
+    before = [s["stage"] for s in loc["stages"]]
+    i = before.index(first)
+    agree = f"; {before[0]}..{before[i - 1]} agree" if i > 0 else ""
+    return f"first divergence at {first}{agree}"

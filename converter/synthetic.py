@@ -1,0 +1,57 @@
+"""Synthetic checkpoints in the exact official format, every tensor non-zero and random.
+
+A freshly initialised official model has a zero head and zero q/v biases, and a parity
+check on such weights passes even when the mapping is wrong. Here every tensor gets
+values at the scale of trained weights (std ~0.02, LayerNorm gains ~1, head scaled for
+logits of order 1), so each one visibly moves the output.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import frameworks
+from .variants import ArchConfig
+
+
+def _fill(name: str, shape: tuple, rng: np.random.Generator, cfg: ArchConfig) -> np.ndarray:
+    leaf = name.rsplit(".", 1)[-1]
+    is_norm = ("norm" in name) and leaf in ("weight", "bias")
+    if is_norm and leaf == "weight":
+        values = 1.0 + 0.1 * rng.standard_normal(shape)
+    elif leaf in ("gamma_1", "gamma_2"):
+        values = 0.1 + 0.02 * rng.standard_normal(shape)
+    elif name.endswith("head.weight"):
+        # Logits (or pixels) of order 1 from unit-scale features.
+        values = rng.standard_normal(shape) / np.sqrt(shape[-1])
+    else:
+        values = 0.02 * rng.standard_normal(shape)
+    # No exact zeros anywhere: a zero tensor cannot tell a correct mapping from a wrong one.
+    values = np.where(np.abs(values) < 1e-6, 1e-3, values)
+    return values.astype(np.float32)
+
+
+def synthetic_state_dict(cfg: ArchConfig, seed: int = 0) -> dict:
+    """{official key: torch.Tensor} with the official keys and shapes for `cfg`."""
+    torch = frameworks.load_torch()
+    from pt_reference import build_reference
+
+    with torch.device("meta"):  # keys and shapes only: no memory for a throw-away model
+        reference = build_reference(cfg)
+    rng = np.random.default_rng(seed)
+    return {
+        name: torch.from_numpy(_fill(name, tuple(t.shape), rng, cfg))
+        for name, t in reference.state_dict().items()
+    }
+
+
+def write_synthetic_checkpoint(cfg: ArchConfig, path, seed: int = 0) -> Path:
+    """torch.save({'model': state_dict}) as the official training scripts do."""
+    torch = frameworks.load_torch()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": synthetic_state_dict(cfg, seed)}, tmp)
+    tmp.replace(path)
+    return path
