@@ -8,15 +8,18 @@ stores its arguments next to the weights).
 from __future__ import annotations
 
 import argparse
+import io
 import pickle
+import pickletools
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import frameworks
-from .errors import CheckpointError, VariantMismatchError
+from .errors import CheckpointError, MappingError, VariantMismatchError
 from .variants import (
     ArchConfig,
     arch_config,
@@ -28,7 +31,6 @@ from .variants import (
 
 CONTAINER_KEYS = ("model", "module", "state_dict")
 STRIPPED_PREFIXES = ("module.", "backbone.")
-_FLOAT_UPCAST = ("torch.float16", "torch.bfloat16")
 
 
 @dataclass
@@ -41,15 +43,89 @@ class LoadedCheckpoint:
     notes: list[str] = field(default_factory=list)
 
 
-def _torch_load(path: Path):
+def _torch_load(path: Path, fmt: str):
     torch = frameworks.load_torch()
     with torch.serialization.safe_globals([argparse.Namespace]):
+        # weights_only=True passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "zip")
+
+
+# torch.save writes a zip (torch >= 1.6) or the legacy stream: five pickles, the first being this number.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_REDOWNLOAD = "download it again"
+_OFFICIAL = "pass the official .pth file"
+
+
+def _what_bytes(head: bytes) -> str:
+    """What a file that is not a torch checkpoint looks like, from its first bytes."""
+    low = head.lstrip().lower()
+    if low.startswith((b"<!doctype html", b"<html")) or b"<html" in low[:256]:
+        return f"an HTML page (the download returned a web page instead of the file): {_REDOWNLOAD}"
+    if head.startswith(b"\x80"):
+        return "a plain Python pickle, not written by torch.save; it was not unpickled (that could run code): " + _OFFICIAL
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip/tar archive: extract the .pth from it first"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (Keras .h5 weights?): " + _OFFICIAL
+    if head.startswith(b"PK\x05\x06"):
+        return f"an empty zip archive: {_REDOWNLOAD}"
+    if len(head) > 10 and head[8:10] == b'{"':
+        return "a safetensors file, which is not supported: " + _OFFICIAL
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"an unknown binary format (starts with {head[:8].hex()}): {_OFFICIAL} or {_REDOWNLOAD}"
+    if text.isprintable() or all(c.isprintable() or c.isspace() for c in text):
+        return f"a text file starting with {text.strip()[:40]!r}: {_OFFICIAL}"
+    return f"an unknown format (starts with {head[:8].hex()}): {_OFFICIAL}"
+
+
+def _sniff(path: Path) -> str:
+    """'zip' or 'legacy' for the two formats torch.save writes; a CheckpointError for anything else.
+
+    Only the zip directory and the opcodes of legacy pickles are read here (pickletools parses,
+    it never builds objects), which turns what torch would report as an obscure internal error
+    into what the file is."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy, non-zip file
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            raise CheckpointError(f"{path} is truncated or corrupt (its zip directory is missing or damaged, "
+                                  f"the download was probably cut short): {_REDOWNLOAD}") from None
+        if any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in names):
+            raise CheckpointError(f"{path} is a TorchScript archive (torch.jit.save), not a state dict: "
+                                  "save model.state_dict() with torch.save and pass that file")
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            inner = [n for n in names if n.endswith((".pth", ".pt", ".bin", ".ckpt"))]
+            hint = f": extract {inner[0]} from it first" if inner else f": {_OFFICIAL}"
+            listed = ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
+            raise CheckpointError(f"{path} is a zip archive of other files ({listed}), "
+                                  f"not a PyTorch checkpoint{hint}")
+        return "zip"
+    try:
+        ops = list(pickletools.genops(io.BytesIO(head)))
+        is_legacy = any(op.name.startswith("LONG") and arg == _LEGACY_MAGIC for op, arg, _ in ops[:3])
+    except Exception:
+        is_legacy = False
+    if not is_legacy:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint but {_what_bytes(head)}")
+    with open(path, "rb") as f:  # magic, protocol, sys info, the object, storage keys
+        try:
+            for _ in range(5):
+                for _op in pickletools.genops(f):
+                    pass
+        except Exception as err:
+            raise CheckpointError(f"{path} is truncated or corrupt (its pickled header ends early or is "
+                                  f"damaged: {_first_line(err)}): {_REDOWNLOAD}") from None
+    return "legacy"
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
 
 
 def read_checkpoint(path) -> LoadedCheckpoint:
@@ -58,21 +134,22 @@ def read_checkpoint(path) -> LoadedCheckpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): download it again")
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): {_REDOWNLOAD}")
     try:
-        obj = _torch_load(path)
+        fmt = _sniff(path)
+        obj = _torch_load(path, fmt)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()
-        detail = next((l for l in first if "GLOBAL" in l or "Unsupported" in l), first[0] if first else "")
-        raise CheckpointError(
-            f"refusing to load {path}: it holds pickled objects other than weights ({detail.strip()[:160]}); "
-            "only plain weight files are accepted"
-        ) from None
-    except (EOFError, RuntimeError, OSError, ValueError, UnicodeDecodeError, AttributeError, ImportError) as err:
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint (truncated, corrupt or another format: {reason})"
-        ) from None
+        # The weights-only unpickler refused an import or an opcode: code, or objects that are not weights.
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it would import {found.group(1)} when unpickled" if found else (
+            f"its pickle holds more than plain weights ({_first_line(err, 80)})")
+        raise CheckpointError(f"refusing to load {path}: {what}; nothing in it was run. Only plain weight "
+                              f"files are loaded: use the official checkpoint") from None
+    except Exception as err:  # torch on a damaged file: RuntimeError, EOFError, KeyError, IndexError, ...
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint (truncated or corrupt: "
+                              f"{_first_line(err)}): {_REDOWNLOAD}") from None
     return unwrap(obj, str(path))
 
 
@@ -89,12 +166,15 @@ def unwrap(obj, source: str = "<state dict>") -> LoadedCheckpoint:
         raise CheckpointError(f"{source} holds no state dict (expected a dict of tensors under 'model' or 'module')")
     notes = []
     tensors: dict[str, np.ndarray] = {}
+    bad_keys = [k for k in obj if not isinstance(k, str)]
+    if bad_keys:
+        raise CheckpointError(f"{source}: state dict key {bad_keys[0]!r} is not a string "
+                              f"({len(bad_keys)} such keys): not a state dict of named tensors")
     prefix = _common_prefix(list(obj))
     if prefix:
         notes.append(f"stripped key prefix '{prefix}'")
+    converted: dict[str, list[str]] = {}
     for key, value in obj.items():
-        if not isinstance(key, str):
-            raise CheckpointError(f"{source}: state dict key {key!r} is not a string")
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{source}: '{key}' is a {type(value).__name__}, not a tensor")
         name = key[len(prefix):]
@@ -102,17 +182,24 @@ def unwrap(obj, source: str = "<state dict>") -> LoadedCheckpoint:
             raise CheckpointError(f"{source}: '{name}' appears twice after stripping '{prefix}'")
         if not value.is_floating_point():
             raise CheckpointError(f"{source}: '{key}' has dtype {value.dtype}, expected floating point weights")
-        if str(value.dtype) in _FLOAT_UPCAST:
-            notes.append(f"'{name}' stored as {value.dtype}, converted to float32")
+        if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
+            raise CheckpointError(f"{source}: '{key}' is a {value.layout} tensor on {value.device.type}, "
+                                  "expected dense weights")
+        finite = torch.isfinite(value)
+        if not bool(finite.all()):
+            nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+            raise CheckpointError(f"{source}: '{name}' has {nan} NaN and {inf} Inf values of {value.numel()}; "
+                                  "refusing a damaged or diverged checkpoint: use another file")
+        if value.dtype != torch.float32:
+            converted.setdefault(str(value.dtype).replace("torch.", ""), []).append(name)
         array = value.detach().to(torch.float32).numpy()
         if not np.isfinite(array).all():
-            bad = int((~np.isfinite(array)).sum())
-            raise CheckpointError(f"{source}: '{name}' has {bad} NaN/Inf values; the file is damaged")
+            raise CheckpointError(f"{source}: '{name}' has {value.dtype} values beyond the float32 range; "
+                                  "refusing to convert them to infinity")
         tensors[name] = array
-    upcast = [n for n in notes if "converted to float32" in n]
-    if len(upcast) > 3:  # one line per tensor is noise; keep the count
-        notes = [n for n in notes if n not in upcast] + [
-            f"{len(upcast)} tensors stored in half precision, converted to float32"]
+    for dtype, names in converted.items():  # one line per dtype: a line per tensor is noise
+        listed = ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
+        notes.append(f"{len(names)} tensors stored as {dtype} ({listed}), converted to float32")
     return LoadedCheckpoint(tensors, source, container, notes)
 
 
@@ -137,12 +224,15 @@ def _depth(tensors, prefix: str) -> int:
 
 def describe(tensors: dict[str, np.ndarray]) -> dict:
     """What the tensors say about the model: stage, widths, depths, classes, optional parts."""
-    pretrain = "mask_token" in tensors or any(k.startswith("decoder.") for k in tensors)
+    pretrain = "encoder.patch_embed.proj.weight" in tensors or (
+        "patch_embed.proj.weight" not in tensors
+        and ("mask_token" in tensors or any(k.startswith("decoder.") for k in tensors)))
     enc = "encoder." if pretrain else ""
     conv = tensors.get(f"{enc}patch_embed.proj.weight")
-    if conv is None or conv.ndim != 5:
+    if conv is None or conv.ndim != 5 or min(conv.shape) < 1:
+        found = "" if conv is None else f" (found shape {list(conv.shape)})"
         raise VariantMismatchError(
-            f"no {enc}patch_embed.proj.weight Conv3d tensor: this is not a VideoMAE checkpoint")
+            f"no {enc}patch_embed.proj.weight Conv3d tensor{found}: this is not a VideoMAE checkpoint")
     info = {
         "stage": "pt" if pretrain else "ft",
         "embed_dim": int(conv.shape[0]),
@@ -150,16 +240,16 @@ def describe(tensors: dict[str, np.ndarray]) -> dict:
         "tubelet_size": int(conv.shape[2]),
         "patch_size": int(conv.shape[3]),
         "depth": _depth(tensors, enc),
+        "layer_scale": any(k.endswith(".gamma_1") for k in tensors),
     }
     if pretrain:
         token = tensors.get("mask_token")
-        info["decoder_embed_dim"] = int(token.shape[-1]) if token is not None else 0
+        info["decoder_embed_dim"] = int(token.shape[-1]) if token is not None and token.ndim else 0
         info["decoder_depth"] = _depth(tensors, "decoder.")
     else:
         head = tensors.get("head.weight")
         info["num_classes"] = int(head.shape[0]) if head is not None and head.ndim == 2 else None
         info["use_mean_pooling"] = "fc_norm.weight" in tensors or "norm.weight" not in tensors
-        info["layer_scale"] = any(k.endswith(".gamma_1") for k in tensors)
         info["learnable_pos_embed"] = "pos_embed" in tensors
     return info
 
@@ -188,7 +278,8 @@ def config_for(tensors: dict[str, np.ndarray], variant: str, dataset: str, stage
     if info["stage"] != stage:
         want = "pre-trained (--stage pt)" if stage == "pt" else "fine-tuned (--stage ft)"
         raise VariantMismatchError(f"checkpoint is a {what}, not {want}: pass --stage {info['stage']}")
-    if (info["embed_dim"], info["depth"]) != (v.embed_dim, v.depth):
+    # Same width, other depth: blocks are missing or extra, which the key check lists by name.
+    if info["embed_dim"] != v.embed_dim:
         fits = variant_for_width(info["embed_dim"])
         hint = f": pass --variant {fits}" if fits else ""
         raise VariantMismatchError(f"checkpoint is a {what}, not ViT-{v.name} "
@@ -197,12 +288,14 @@ def config_for(tensors: dict[str, np.ndarray], variant: str, dataset: str, stage
     if stage == "pt":
         if (info["decoder_embed_dim"], info["decoder_depth"]) != (cfg.decoder_embed_dim, cfg.decoder_depth):
             # Depth is a training-script argument upstream; trust the file when the width agrees.
-            if info["decoder_embed_dim"] != cfg.decoder_embed_dim:
+            # No mask_token or no decoder blocks at all: keep the official shape, the key check names them.
+            if info["decoder_embed_dim"] and info["decoder_embed_dim"] != cfg.decoder_embed_dim:
                 raise VariantMismatchError(
                     f"checkpoint decoder has width {info['decoder_embed_dim']}, ViT-{v.name} "
                     f"pre-training uses {cfg.decoder_embed_dim}: not an official ViT-{v.name} checkpoint")
-            cfg = cfg.with_(decoder_depth=info["decoder_depth"])
-        return cfg
+            if info["decoder_depth"]:
+                cfg = cfg.with_(decoder_depth=info["decoder_depth"])
+        return cfg.with_(layer_scale=info["layer_scale"])
     found = info["num_classes"]
     expected = num_classes or get_dataset(dataset).num_classes
     if found is not None and found != expected:
@@ -216,17 +309,44 @@ def config_for(tensors: dict[str, np.ndarray], variant: str, dataset: str, stage
                      layer_scale=info["layer_scale"], learnable_pos_embed=info["learnable_pos_embed"])
 
 
+MAX_DEPTH = 256  # ViT-H has 32 blocks; a larger index is a damaged or foreign key, not a model
+
+
+def _check_buildable(info: dict, num_heads: int, decoder_num_heads: int, num_frames: int, image_size: int):
+    """Refuse tensors that describe no VideoMAE one could build, before anything is built."""
+    problems = []
+    if not 1 <= info["depth"] <= MAX_DEPTH:
+        problems.append(f"{info['depth']} encoder blocks (expected 1 to {MAX_DEPTH})")
+    if num_heads < 1 or info["embed_dim"] % num_heads:
+        problems.append(f"width {info['embed_dim']} does not split into {num_heads} heads")
+    if image_size % info["patch_size"] or num_frames % info["tubelet_size"]:
+        problems.append(f"patches of {info['tubelet_size']}x{info['patch_size']}x{info['patch_size']} "
+                        f"do not tile {num_frames}x{image_size}x{image_size} clips")
+    if info["stage"] == "pt":
+        dim, depth = info["decoder_embed_dim"], info["decoder_depth"]
+        if not dim or not 1 <= depth <= MAX_DEPTH:
+            problems.append(f"a decoder of width {dim} with {depth} blocks (mask_token or decoder.blocks missing)")
+        elif decoder_num_heads < 1 or dim % decoder_num_heads:
+            problems.append(f"decoder width {dim} does not split into {decoder_num_heads} heads")
+    elif not info["num_classes"]:
+        problems.append("no head.weight [classes, width] tensor")
+    if problems:
+        raise MappingError("checkpoint does not describe a VideoMAE that can be built: " + "; ".join(problems))
+
+
 def config_from_tensors(tensors: dict[str, np.ndarray], num_heads: int, decoder_num_heads: int = 0,
                         num_frames: int = 16, image_size: int = 224, mask_ratio: float = 0.9) -> ArchConfig:
     """A configuration read off the tensors alone (custom or tiny models): heads must be given."""
     info = describe(tensors)
+    _check_buildable(info, num_heads, decoder_num_heads, num_frames, image_size)
     common = dict(embed_dim=info["embed_dim"], depth=info["depth"], num_heads=num_heads,
                   in_channels=info["in_channels"], tubelet_size=info["tubelet_size"],
                   patch_size=info["patch_size"], num_frames=num_frames, image_size=image_size,
                   mask_ratio=mask_ratio)
     if info["stage"] == "pt":
         return ArchConfig(**common, num_classes=0, decoder_embed_dim=info["decoder_embed_dim"],
-                          decoder_depth=info["decoder_depth"], decoder_num_heads=decoder_num_heads)
+                          decoder_depth=info["decoder_depth"], decoder_num_heads=decoder_num_heads,
+                          layer_scale=info["layer_scale"])
     return ArchConfig(**common, num_classes=info["num_classes"] or 0,
                       use_mean_pooling=info["use_mean_pooling"], layer_scale=info["layer_scale"],
                       learnable_pos_embed=info["learnable_pos_embed"])

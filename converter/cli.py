@@ -5,8 +5,11 @@ Every failure a user can cause ends in one `error:` line and a non-zero exit
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import time
+from typing import Callable
 
 import click
 
@@ -14,7 +17,60 @@ from .errors import VMAEError
 from .variants import DATASETS, VARIANTS
 
 EXIT_INTERNAL = 1
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM exits 143
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised like Ctrl-C so every `with` on the way out (the staging
+    folder above all) cleans up before the process exits."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts():
+    """SIGTERM (kill, timeout, a scheduler) would otherwise end Python at once, leaving the
+    staging folder; SIGINT is installed too, in case the parent shell ignored it."""
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: leave the defaults
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def guarded(action: Callable[[], int | None], debug: bool = False) -> None:
+    """Run `action` as the CLI does and exit: every failure ends in one `error:` line and a
+    non-zero code, a traceback only with --debug. `action` returns an exit code or None."""
+    try:
+        with signals_as_interrupts():
+            code = action()
+    except VMAEError as err:
+        if debug:
+            raise
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        click.echo(f"error: interrupted by {signal.Signals(signum).name} before the conversion finished; "
+                   "partial files were removed: run the command again", err=True)
+        sys.exit(128 + signum)
+    except Exception as err:  # a bug of ours: say so in one line, keep the trace for --debug
+        if debug:
+            raise
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        click.echo(f"error: internal error {type(err).__name__}: {first} (rerun with --debug for the traceback)",
+                   err=True)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(code or 0)
 
 
 def _progress(quiet: bool):
@@ -45,6 +101,8 @@ def summary(report: dict) -> str:
                      + (f"  {c['detail']}" if c.get("detail") and not c.get("skipped") else ""))
     tol = report["tolerance"]
     lines.append(f"  gate: |tf - pt| <= {tol['atol']:g} + {tol['rtol']:g} * |pt| on every element")
+    for note in report.get("checkpoint", {}).get("notes", []):
+        lines.append(f"  note: {note}")
     for name, a in report["artifacts"].items():
         lines.append(f"  wrote {a['path']} ({a['size'] / 2**20:.1f} MiB)")
     return "\n".join(lines)
@@ -92,7 +150,7 @@ def main(variant, dataset, stage, checkpoint, synthetic, seed, output_dir, atol,
     <name>.parity.json, where <name> is e.g. TFVideoMAE_B_SSv2_16x224_FT. Exits 3 when a
     parity check fails (the report is still written, no artifact is published).
     """
-    try:
+    def run() -> int:
         from .pipeline import convert
 
         report = convert(
@@ -104,21 +162,10 @@ def main(variant, dataset, stage, checkpoint, synthetic, seed, output_dir, atol,
         click.echo(summary(report))
         if not report["passed"]:
             click.echo(f"error: parity failed; see {output_dir}/{report['artifact']}.parity.json", err=True)
-            sys.exit(3)
-    except VMAEError as err:
-        if debug:
-            raise
-        click.echo(f"error: {err}", err=True)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; nothing was published under a final name", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except Exception as err:  # a bug of ours: say so in one line, keep the trace for --debug
-        if debug:
-            raise
-        click.echo(f"error: internal error {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                   " (rerun with --debug for the traceback)", err=True)
-        sys.exit(EXIT_INTERNAL)
+            return 3
+        return 0
+
+    guarded(run, debug)
 
 
 if __name__ == "__main__":

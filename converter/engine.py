@@ -90,12 +90,20 @@ def plan(source_shapes: dict[str, tuple], target_shapes: dict[str, tuple], rules
             continue
         claimed[target] = key
         # A zero-stride stand-in: the transform's output shape without touching the data.
-        got = rule.transform.forward(np.broadcast_to(np.float32(0), tuple(source_shapes[key]))).shape
-        if tuple(got) != tuple(target_shapes[target]):
+        try:
+            got = rule.transform.forward(np.broadcast_to(np.float32(0), tuple(source_shapes[key]))).shape
+        except ValueError:  # e.g. a Conv3d transpose on a tensor that is not 5-D
+            got = None
+        if got is None or tuple(got) != tuple(target_shapes[target]):
             mismatched.append(f"{key} {list(source_shapes[key])} -> {target} expects {list(target_shapes[target])}")
             continue
         assignments.append(Assignment(key, target, rule.transform))
     missing = [_source_name(t, rules) for t in target_shapes if t not in claimed]
+    _raise_unless_exact(missing, unexpected, mismatched, ambiguous)
+    return assignments
+
+
+def _raise_unless_exact(missing, unexpected, mismatched, ambiguous=()) -> None:
     if unexpected or missing or mismatched or ambiguous:
         parts = []
         if missing:
@@ -105,10 +113,19 @@ def plan(source_shapes: dict[str, tuple], target_shapes: dict[str, tuple], rules
         if mismatched:
             parts.append(_summarise("mis-shaped", mismatched, 2))
         if ambiguous:
-            parts.append(_summarise("claimed twice", ambiguous, 2))
+            parts.append(_summarise("claimed twice", list(ambiguous), 2))
         raise MappingError("checkpoint does not fit the model: " + "; ".join(parts),
                            missing=missing, unexpected=unexpected, mismatched=mismatched)
-    return assignments
+
+
+def check_official(source_shapes: dict[str, tuple], official_shapes: dict[str, tuple]) -> None:
+    """The same accounting as `plan`, on official names against the official model's state dict:
+    runs before any Keras model is built, so a damaged file is refused in seconds."""
+    missing = [k for k in official_shapes if k not in source_shapes]
+    unexpected = [k for k in source_shapes if k not in official_shapes]
+    mismatched = [f"{k} {list(s)} expects {list(official_shapes[k])}" for k, s in source_shapes.items()
+                  if k in official_shapes and tuple(s) != tuple(official_shapes[k])]
+    _raise_unless_exact(missing, unexpected, mismatched)
 
 
 def _source_name(target: str, rules: list[Rule]) -> str:

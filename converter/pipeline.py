@@ -20,9 +20,10 @@ import numpy as np
 
 from . import __version__, frameworks
 from .checkpoint import LoadedCheckpoint, config_for, read_checkpoint
-from .engine import load_into
-from .errors import ParityError, VMAEError
-from .export import Staging, sha256_file, write_atomic, zip_folder
+from .engine import check_official, load_into
+from .errors import ExportError, MappingError, ParityError, VMAEError
+from .export import (Staging, check_writable, describe_os_error, save_weights_h5, sha256_file, write_atomic,
+                     zip_folder)
 from .masking import tube_mask
 from .parity import compare, describe_localisation, keras_inputs, localise, make_video, run_reference
 from .variants import ArchConfig, artifact_name, get_dataset, get_variant
@@ -123,6 +124,34 @@ def artifact_name_for(opts: ConvertOptions) -> str:
                          else "custom")
 
 
+def check_official_keys(tensors: dict, cfg: ArchConfig) -> None:
+    """Missing, unexpected and mis-shaped tensors against the official model for `cfg` (built on
+    the meta device: names and shapes, no memory); raises MappingError listing them."""
+    torch = frameworks.load_torch()
+    from pt_reference import build_reference
+
+    try:
+        with torch.device("meta"):
+            official = {k: tuple(t.shape) for k, t in build_reference(cfg).state_dict().items()}
+    except (ValueError, RuntimeError, AssertionError, ZeroDivisionError) as err:
+        raise MappingError(f"cannot build a VideoMAE with {cfg}: {err}") from None
+    check_official({k: tuple(v.shape) for k, v in tensors.items()}, official)
+
+
+@contextlib.contextmanager
+def _writing(where, tf):
+    """Failures of a write (disk full, ulimit -f, permissions) become one ExportError line;
+    tensorflow reports them as OpErrors (OutOfRangeError for ENOSPC/EFBIG), Python as OSErrors."""
+    try:
+        yield
+    except OSError as err:
+        raise ExportError(describe_os_error(err, where)) from None
+    except tf.errors.OpError as err:
+        detail = (err.message or type(err).__name__).strip().splitlines()[0][:200]
+        raise ExportError(f"cannot write {where} ({type(err).__name__}: {detail}): "
+                          "check free space and permissions, or choose another --output-dir") from None
+
+
 def _reference_fn(reference, cfg, opts):
     """What the PyTorch side computes for this conversion, as f(video, mask, dtype)."""
     if not opts.encoder_only:
@@ -159,17 +188,21 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     ParityError (after the report is written). Keyword arguments are ConvertOptions fields."""
     opts = ConvertOptions(**kwargs)
     _validate(opts)
-    torch, tf, keras = frameworks.load()
-    from pt_reference import build_reference
-    from tf_models import export_saved_model
-
     phases = Phases(progress)
     started = time.time()
     name = default_name(opts)
     out_dir = Path(opts.output_dir)
+    check_writable(out_dir)
+    # Everything a user's file can get wrong is checked with torch alone, before tensorflow
+    # loads and any model is built: a bad checkpoint is refused in seconds.
     loaded, ckpt_path = _load(opts, name, phases)
     tensors = loaded.tensors
     cfg = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes)
+    check_official_keys(tensors, cfg)
+    torch, tf, keras = frameworks.load()
+    from pt_reference import build_reference
+    from tf_models import export_saved_model
+
     rules = rules_for(cfg.is_pretrain and "pt" or "ft", opts.encoder_only)
     dropped = []
     if opts.encoder_only:
@@ -263,8 +296,8 @@ def _export_and_verify(model, cfg, opts, name, out_dir, video, mask, tf_out, pt_
                        export_saved_model, tf, keras) -> dict:
     h5, folder, zipped = f"{name}.weights.h5", name, f"{name}.zip"
     with Staging(out_dir, name) as st:
-        with phases("save weights.h5"):
-            model.save_weights(st.path(h5))
+        with phases("save weights.h5"), _writing(st.path(h5), tf):
+            save_weights_h5(model, st.path(h5))
         with phases("reload weights.h5"):
             fresh = _build(cfg, opts)
             fresh.load_weights(st.path(h5))
@@ -276,7 +309,7 @@ def _export_and_verify(model, cfg, opts, name, out_dir, video, mask, tf_out, pt_
                                     "predictions_identical": bool(np.array_equal(again, tf_out))}
             checks["weights_h5"]["passed"] &= same and checks["weights_h5"]["predictions_identical"]
             del fresh
-        with phases("export savedmodel"):
+        with phases("export savedmodel"), _writing(st.path(folder), tf):
             export_saved_model(model, st.path(folder))
         with phases("reload savedmodel"):
             loaded = tf.saved_model.load(str(st.path(folder)))
@@ -290,11 +323,11 @@ def _export_and_verify(model, cfg, opts, name, out_dir, video, mask, tf_out, pt_
         else:
             checks["saved_model_xla"] = {"passed": True, "skipped": True, "detail": "--no-xla"}
         del loaded
-        with phases("zip savedmodel"):
+        with phases("zip savedmodel"), _writing(st.path(zipped), tf):
             zip_folder(st.path(folder), st.path(zipped))
         if not all(checks[g]["passed"] for g in GATES):
             return {}
-        published = st.publish([h5, zipped, folder])
+        published = st.publish([h5, zipped, folder], stale=[out_dir / f"{name}.parity.json"])
     artifacts = {}
     for filename, path in published.items():
         if path.is_dir():

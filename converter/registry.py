@@ -279,7 +279,8 @@ def find_entry(entries, variant, dataset, stage, epochs=None) -> Entry:
     variant, dataset, stage = _normalise(variant, dataset, stage)
     matches = filter_entries(entries, variant, dataset, stage)
     if not matches:
-        have = sorted({e.variant for e in filter_entries(entries, dataset=dataset, stage=stage)})
+        present = {e.variant for e in filter_entries(entries, dataset=dataset, stage=stage)}
+        have = [v for v in VARIANTS if v in present]  # size order, as users know them
         raise RegistryError(f"no {stage} checkpoint for variant {variant} on {dataset}; "
                             f"variants available there: {', '.join(have) or 'none'} (see vmae-convert --list)")
     if epochs is not None:

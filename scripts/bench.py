@@ -1,0 +1,302 @@
+"""Benchmark: inference latency of the converted model against PyTorch, and the cost of a conversion.
+
+Everything is measured side by side in one run, because absolute times drift between runs
+(and on a shared machine, within one): compare the ratios, not the seconds.
+
+1. Latency per clip [1, 16, 224, 224, 3] (synthetic weights, all paths hold the same ones):
+   Keras eager, tf.function, tf.function(jit_compile=True), the reloaded SavedModel, PyTorch
+   eager and PyTorch with scaled_dot_product_attention. The paths take turns round after
+   round (a slow spell hits all of them alike); each figure is the median of its rounds.
+2. Conversion cost: `vmae-convert --synthetic` per variant in a fresh process, its wall time
+   split into the pipeline's phases (from the parity report), and its peak resident memory
+   (the kernel's ru_maxrss of that one child), plus the peak seen within each phase.
+
+Writes bench.json and bench.md into --out.
+
+    python scripts/bench.py --variants S,B --convert-variants S,B,L,H --runs 5 --out bench/
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from converter import frameworks  # noqa: E402  (torch before tensorflow, see frameworks.py)
+
+GIB = 2**30
+FRAMEWORK_BASELINE = 1.5 * GIB  # the issue's allowance for torch + tensorflow themselves
+TF_PATHS = ("keras eager", "tf.function", "tf.function xla", "savedmodel")
+PT_PATHS = ("pytorch eager", "pytorch sdpa")
+
+
+def machine() -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    import psutil
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / GIB, 1),
+            "os": platform.platform(), "python": platform.python_version(),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+# ---------------------------------------------------------------------------------------- latency
+
+def latency(variant: str, runs: int, warmup: int, pause: float) -> dict:
+    torch, tf, keras = frameworks.load()
+    import numpy as np
+
+    from converter.engine import load_into
+    from converter.parity import channels_last, make_video
+    from converter.synthetic import synthetic_state_dict
+    from converter.variants import arch_config
+    from converter.videomae_rules import rules_for
+    from pt_reference import build_reference
+    from tf_models import build_model, export_saved_model
+
+    cfg = arch_config(variant)
+    state = synthetic_state_dict(cfg, seed=0)
+    video = make_video(cfg, 1, seed=0)
+    x_pt, x_tf = torch.from_numpy(video), tf.constant(channels_last(video))
+
+    def torch_path(use_sdpa):
+        ref = build_reference(cfg, use_sdpa=use_sdpa)
+        ref.load_state_dict(state, strict=True)
+
+        def run():
+            with torch.inference_mode():
+                return ref(x_pt).numpy()
+        return run
+
+    model = build_model(cfg)
+    load_into(model, {k: v.numpy() for k, v in state.items()}, rules_for("ft"))
+    graph = tf.function(lambda v: model(v, training=False))
+    xla = tf.function(lambda v: model(v, training=False), jit_compile=True)
+    saved_dir = tempfile.mkdtemp(prefix="bench-savedmodel-")
+    export_saved_model(model, saved_dir)
+    saved = tf.saved_model.load(saved_dir)
+    paths = {
+        "keras eager": lambda: model(x_tf, training=False).numpy(),
+        "tf.function": lambda: graph(x_tf).numpy(),
+        "tf.function xla": lambda: xla(x_tf).numpy(),
+        "savedmodel": lambda: saved.serve(x_tf).numpy(),
+        "pytorch eager": torch_path(False),
+        "pytorch sdpa": torch_path(True),
+    }
+    del state
+    names = list(paths)
+    outputs = {name: paths[name]() for name in names}  # first call: traces, compiles
+    for _ in range(warmup - 1):
+        for name in names:
+            paths[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(runs):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
+            time.sleep(pause)  # let the other framework's worker threads go idle
+            start = time.perf_counter()
+            paths[name]()
+            times[name].append(time.perf_counter() - start)
+    shutil.rmtree(saved_dir, ignore_errors=True)
+    median = {n: statistics.median(t) for n, t in times.items()}
+    best_tf = min(TF_PATHS, key=median.get)
+    best_pt = min(PT_PATHS, key=median.get)
+    ref = outputs["pytorch eager"]
+    return {
+        "variant": variant,
+        "median_s": {n: round(v, 4) for n, v in median.items()},
+        "runs_s": {n: [round(v, 4) for v in t] for n, t in times.items()},
+        "max_abs_vs_pytorch": {n: float(np.abs(o.astype(np.float64) - ref).max()) for n, o in outputs.items()},
+        "best_tf": best_tf,
+        "best_pt": best_pt,
+        "ratio_best_tf_to_best_pt": round(median[best_tf] / median[best_pt], 3),
+        "threads": {"torch": torch.get_num_threads(),
+                    "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()},
+    }
+
+
+# ------------------------------------------------------------------------------------- conversion
+
+_LINE = re.compile(r"^\[\s*[\d.]+s\] (.+?) (\.\.\.|done in [\d.]+s)$")
+
+
+def parameter_bytes(variant: str) -> int:
+    torch = frameworks.load_torch()
+    from converter.variants import arch_config
+    from pt_reference import build_reference
+
+    with torch.device("meta"):
+        ref = build_reference(arch_config(variant))
+    return 4 * sum(p.numel() for p in ref.parameters())
+
+
+def conversion(variant: str, workdir: Path, extra_args: list[str]) -> dict:
+    """One `vmae-convert --synthetic` in a fresh process: wall time, phases, peak memory."""
+    import psutil
+
+    out = workdir / f"convert-{variant}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "converter.cli", "--variant", variant, "--synthetic",
+           "--output-dir", str(out), *extra_args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}  # this checkout's converter
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT)
+    phase, phase_peak, done = ["startup"], {"startup": 0}, threading.Event()
+
+    def sample():  # the peak within each phase: sampled, so a lower bound of the true peak
+        p = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                rss = p.memory_info().rss
+            except psutil.Error:
+                break
+            phase_peak[phase[0]] = max(phase_peak.get(phase[0], 0), rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout = threading.Thread(target=lambda: setattr(proc, "captured", proc.stdout.read()), daemon=True)
+    stdout.start()
+    log = []
+    for line in proc.stderr:
+        log.append(line.rstrip())
+        m = _LINE.match(line.strip())
+        if m:
+            phase[0] = m.group(1) if m.group(2) == "..." else "between phases"
+    # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would be the max over all children).
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    sampler.join()
+    stdout.join()
+    reports = list(out.glob("*.parity.json"))
+    report = json.loads(reports[0].read_text()) if reports else {}
+    timings = dict(report.get("timings", {}))
+    if report:
+        timings = {"startup (imports)": round(wall - report["wall_seconds"], 3), **timings,
+                   "other (hashing, report)": round(report["wall_seconds"] - sum(timings.values()), 3)}
+    params = parameter_bytes(variant)
+    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    target = 3 * params + FRAMEWORK_BASELINE
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "variant": variant,
+        "exit_code": proc.returncode,
+        "passed": report.get("passed"),
+        "wall_s": round(wall, 2),
+        "phases_s": timings,
+        "phase_peak_rss_gib": {k: round(v / GIB, 2) for k, v in phase_peak.items() if v},
+        "peak_rss_gib": round(peak / GIB, 2),
+        "param_bytes": params,
+        "target_rss_gib": round(target / GIB, 2),
+        "within_target": peak <= target,
+        "max_abs": {g: c.get("max_abs") for g, c in report.get("checks", {}).items()},
+        "log_tail": log[-5:] if proc.returncode else [],
+    }
+
+
+# ---------------------------------------------------------------------------------------- report
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Benchmark of {result['created']} on {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM "
+             f"(load average {m['load_average_start'][0]} at start, {m.get('load_average_end', ['?'])[0]} at end); "
+             f"torch {result['versions'].get('torch')}, tensorflow {result['versions'].get('tensorflow')}, "
+             f"keras {result['versions'].get('keras')}.", ""]
+    if result.get("latency"):
+        lines += ["Inference latency per clip [1, 16, 224, 224, 3], median seconds "
+                  f"({result['args']['runs']} interleaved runs after {result['args']['warmup']} warm-up):", "",
+                  "| model | " + " | ".join(TF_PATHS + PT_PATHS) + " | best TF / best PyTorch |",
+                  "|---" * (len(TF_PATHS + PT_PATHS) + 2) + "|"]
+        for r in result["latency"]:
+            cells = [f"**{r['median_s'][n]:.2f}**" if n in (r["best_tf"], r["best_pt"]) else f"{r['median_s'][n]:.2f}"
+                     for n in TF_PATHS + PT_PATHS]
+            lines.append(f"| ViT-{r['variant']} | " + " | ".join(cells) + f" | **{r['ratio_best_tf_to_best_pt']:.2f}x** |")
+        lines.append("")
+    if result.get("conversion"):
+        conv = result["conversion"]
+        lines += ["Conversion (`vmae-convert --synthetic`, fresh process each): wall time, peak resident memory "
+                  "against the target 3 x float32 parameters + 1.5 GiB:", "",
+                  "| model | parameters | wall | peak RSS | target | within | parity |", "|---|---|---|---|---|---|---|"]
+        for c in conv:
+            lines.append(f"| ViT-{c['variant']} | {c['param_bytes'] / 1e9:.2f} GB | {c['wall_s']:.0f} s | "
+                         f"{c['peak_rss_gib']:.2f} GiB | {c['target_rss_gib']:.2f} GiB | "
+                         f"{'yes' if c['within_target'] else '**no**'} | "
+                         f"{'pass' if c['passed'] else 'FAIL (exit %s)' % c['exit_code']} |")
+        phases = list(dict.fromkeys(p for c in conv for p in c["phases_s"]))
+        lines += ["", "Where the time goes, seconds per phase (peak RSS sampled within the phase, GiB):", "",
+                  "| phase | " + " | ".join(f"ViT-{c['variant']}" for c in conv) + " |",
+                  "|---" * (len(conv) + 1) + "|"]
+        for p in phases:
+            cells = []
+            for c in conv:
+                s, rss = c["phases_s"].get(p), c["phase_peak_rss_gib"].get(p.replace("startup (imports)", "startup"))
+                cells.append("-" if s is None else f"{s:.1f}" + (f" ({rss:.1f})" if rss else ""))
+            lines.append(f"| {p} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variants", default="S,B", help="latency: comma-separated variants ('' for none)")
+    ap.add_argument("--convert-variants", default="S,B,L,H", help="conversion: comma-separated variants")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per latency path")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls per latency path (the first traces)")
+    ap.add_argument("--pause", type=float, default=0.2, help="seconds of rest before each timed call")
+    ap.add_argument("--out", default="bench", help="folder for bench.json and bench.md")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-convert", action="store_true")
+    ap.add_argument("--convert-args", default="", help="extra vmae-convert arguments, e.g. '--no-xla'")
+    args = ap.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    from converter.pipeline import versions
+
+    result = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "versions": versions(), "args": vars(args),
+              "latency": [], "conversion": []}
+
+    def save():
+        result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        (out / "bench.json").write_text(json.dumps(result, indent=2))
+        (out / "bench.md").write_text(markdown(result))
+
+    # Conversions first: they run in child processes, so this one stays free of both frameworks'
+    # memory until then, and latency's models do not sit in RAM while a ViT-H converts.
+    if not args.skip_convert:
+        for v in filter(None, args.convert_variants.split(",")):
+            print(f"converting ViT-{v} ...", file=sys.stderr, flush=True)
+            c = conversion(v.strip().upper(), out, args.convert_args.split())
+            result["conversion"].append(c)
+            print(f"  {c['wall_s']:.1f}s, peak {c['peak_rss_gib']:.2f} GiB (target {c['target_rss_gib']:.2f}), "
+                  f"passed={c['passed']}", file=sys.stderr, flush=True)
+            save()
+    if not args.skip_latency:
+        for v in filter(None, args.variants.split(",")):
+            print(f"latency ViT-{v} ...", file=sys.stderr, flush=True)
+            r = latency(v.strip().upper(), args.runs, args.warmup, args.pause)
+            result["latency"].append(r)
+            print(f"  {r['median_s']} ratio {r['ratio_best_tf_to_best_pt']}", file=sys.stderr, flush=True)
+            save()
+    save()
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
