@@ -32,12 +32,15 @@ class Interrupted(KeyboardInterrupt):
 @contextlib.contextmanager
 def signals_as_interrupts():
     """SIGTERM (kill, timeout, a scheduler) would otherwise end Python at once, leaving the
-    staging folder; SIGINT is installed too, in case the parent shell ignored it."""
+    staging folder; SIGINT gets the same handler so both name themselves. A signal the parent
+    set to be ignored (a background job's SIGINT) stays ignored."""
     def handler(signum, frame):
         raise Interrupted(signum)
 
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) in (signal.SIG_IGN, None):
+            continue
         with contextlib.suppress(ValueError):  # not the main thread: leave the defaults
             previous[sig] = signal.signal(sig, handler)
     try:
@@ -56,7 +59,7 @@ def guarded(action: Callable[[], int | None], debug: bool = False) -> None:
     except VMAEError as err:
         if debug:
             raise
-        click.echo(f"error: {err}", err=True)
+        click.echo("error: " + " ".join(str(err).split("\n")), err=True)  # one line, whatever the message holds
         sys.exit(err.exit_code)
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)
@@ -108,7 +111,25 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineUsageErrors(click.Command):
+    """Click's own usage errors (an unknown option, a bad value) as one `error:` line too, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as err:
+            click.echo(f"error: {' '.join(err.format_message().split())} (see --help)", err=True)
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.command(cls=OneLineUsageErrors,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--variant", type=click.Choice(list(VARIANTS), case_sensitive=False), default="S",
               show_default=True, help="Backbone size: ViT-S/B/L/H (sets width, depth and heads).")
 @click.option("--dataset", type=click.Choice(list(DATASETS), case_sensitive=False), default="k400",
@@ -135,10 +156,24 @@ def summary(report: dict) -> str:
               help="Also compare both frameworks in float64 (reported, not gated).")
 @click.option("--xla/--no-xla", default=True, show_default=True,
               help="Also check the reloaded SavedModel under tf.function(jit_compile=True).")
+@click.option("--epochs", type=int, default=None,
+              help="Pick a non-default official entry (e.g. 800 for the 800-epoch ViT-B) when fetching.")
+@click.option("--list", "list_", is_flag=True, help="Show the model zoo (checkpoints.yaml) and exit.")
+@click.option("--all", "all_", is_flag=True,
+              help="Convert every release entry of the zoo (narrowed by an explicit --variant/--dataset/--stage).")
+@click.option("--include-extra", is_flag=True, help="With --all: also the non-release entries (800 epochs, ViT-H PT).")
+@click.option("--shard", default=None, metavar="I/N", help="With --all: only the I-th of N deterministic parts.")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="With --all: conversions run in parallel, as far as memory allows.")
+@click.option("--name", default=None, hidden=True, help="Artifact base name (batch use).")
+@click.option("--synthetic-dir", default=None, hidden=True, help="Where --synthetic writes its .pth.")
+@click.option("--registry-entry", default=None, hidden=True, help="Convert this checkpoints.yaml entry.")
 @click.option("--quiet", is_flag=True, help="No progress lines; only the summary.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def main(variant, dataset, stage, checkpoint, synthetic, seed, output_dir, atol, rtol, batch, num_classes,
-         encoder_only, pooled, float64, xla, quiet, debug):
+@click.pass_context
+def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, atol, rtol, batch, num_classes,
+         encoder_only, pooled, float64, xla, epochs, list_, all_, include_extra, shard, jobs, name,
+         synthetic_dir, registry_entry, quiet, debug):
     """Convert an official VideoMAE checkpoint to Keras/TensorFlow and prove parity.
 
     \b
@@ -146,26 +181,90 @@ def main(variant, dataset, stage, checkpoint, synthetic, seed, output_dir, atol,
       vmae-convert --variant B --dataset ssv2 --checkpoint videomae_b_ssv2_ft.pth --output-dir out/
       vmae-convert --variant S --dataset k400 --synthetic --output-dir out/
 
+      vmae-convert --variant B --dataset ssv2          # fetch the official file, verify, convert
+      vmae-convert --list
+      vmae-convert --all --synthetic --shard 2/4 --output-dir release/
+
     Writes <name>.weights.h5, <name>/ (SavedModel, endpoint `serve`), <name>.zip and
     <name>.parity.json, where <name> is e.g. TFVideoMAE_B_SSv2_16x224_FT. Exits 3 when a
     parity check fails (the report is still written, no artifact is published).
     """
+    progress = _progress(quiet)
+
+    def explicit(param: str) -> bool:
+        return ctx.get_parameter_source(param) != click.core.ParameterSource.DEFAULT
+
     def run() -> int:
+        from .registry import filter_entries, find_entry, format_table, load_registry
+
+        if list_:
+            click.echo(format_table(load_registry()))
+            return 0
+        if all_:
+            return _run_all(load_registry(), filter_entries, explicit)
+        entry = None
+        if not checkpoint and not synthetic:
+            from .download import fetch_checkpoint
+
+            registry = load_registry()
+            entry = (_entry_by_name(registry, registry_entry) if registry_entry
+                     else find_entry(registry, variant, dataset, stage, epochs))
+            progress(f"checkpoint: {entry.name} ({entry.source}); cache {entry.sha256 and 'verified' or 'unverified'}")
+            path = fetch_checkpoint(entry, progress=not quiet)
+        else:
+            path = checkpoint
         from .pipeline import convert
 
         report = convert(
-            progress=_progress(quiet), variant=variant.upper(), dataset=dataset.lower(), stage=stage,
-            checkpoint=checkpoint, synthetic=synthetic, seed=seed, output_dir=output_dir, atol=atol,
-            rtol=rtol, batch=batch, num_classes=num_classes, encoder_only=encoder_only, pooled=pooled,
-            float64=float64, xla=xla,
+            progress=progress, variant=(entry.variant if entry else variant).upper(),
+            dataset=(entry.dataset if entry else dataset).lower(), stage=entry.stage if entry else stage,
+            checkpoint=path, synthetic=synthetic, seed=seed, output_dir=output_dir, atol=atol, rtol=rtol,
+            batch=batch, num_classes=num_classes, encoder_only=encoder_only, pooled=pooled, float64=float64,
+            xla=xla, name=name or (entry.artifact if entry and not encoder_only else None),
+            synthetic_dir=synthetic_dir,
         )
         click.echo(summary(report))
         if not report["passed"]:
             click.echo(f"error: parity failed; see {output_dir}/{report['artifact']}.parity.json", err=True)
             return 3
+        if entry is not None and entry.sha256 is None:
+            from .registry import record_sha256
+
+            record_sha256(None, entry.name, report["checkpoint"]["sha256"])
+            click.echo(f"  recorded sha256 of {entry.name} in checkpoints.yaml (first verified parity run)")
+        return 0
+
+    def _run_all(registry, filter_entries, explicit) -> int:
+        from .batch import run_batch
+        from .registry import shard as take_shard
+
+        entries = filter_entries(registry, variant=variant if explicit("variant") else None,
+                                 dataset=dataset if explicit("dataset") else None,
+                                 stage=stage if explicit("stage") else None, release_only=not include_extra)
+        if shard:
+            entries = take_shard(entries, shard)
+        if not entries:
+            raise VMAEError("no zoo entry matches the filters")
+        progress(f"{len(entries)} entries: {', '.join(e.artifact for e in entries)}")
+        result = run_batch(entries, output_dir, synthetic=synthetic, jobs=jobs, progress=progress, seed=seed,
+                           atol=atol, rtol=rtol, batch=batch, float64=float64, xla=xla)
+        click.echo(f"converted {len(result['converted'])}, skipped (already done) {len(result['skipped'])}, "
+                   f"failed {len(result['failed'])} in {result['wall_seconds']:.0f}s; manifest: "
+                   f"{output_dir}/manifest.json")
+        if result["failed"]:
+            click.echo(f"error: {len(result['failed'])} conversions failed: {', '.join(result['failed'])} "
+                       f"(logs in {output_dir}/logs/)", err=True)
+            return 3
         return 0
 
     guarded(run, debug)
+
+
+def _entry_by_name(registry, wanted: str):
+    for entry in registry:
+        if entry.name == wanted:
+            return entry
+    raise VMAEError(f"no checkpoints.yaml entry named {wanted!r}; see vmae-convert --list")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
+import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,6 +56,7 @@ class ConvertOptions:
     num_classes: int | None = None
     config: ArchConfig | None = None  # explicit architecture (custom/tiny models): skips the zoo table
     name: str | None = None  # artifact base name; default from the zoo naming
+    synthetic_dir: str | None = None  # where --synthetic writes its .pth (default: output_dir)
     extra: dict = field(default_factory=dict)
 
 
@@ -83,6 +87,8 @@ def versions() -> dict:
 def default_name(opts: ConvertOptions) -> str:
     if opts.name:
         return opts.name
+    if opts.config is not None:
+        return "custom"
     name = artifact_name(opts.variant, opts.dataset, opts.stage)
     return name + "_encoder" if opts.encoder_only else name
 
@@ -110,18 +116,13 @@ def _load(opts: ConvertOptions, name: str, phases: Phases) -> tuple[LoadedCheckp
         from .variants import arch_config
 
         cfg = opts.config or arch_config(opts.variant, opts.dataset, opts.stage)
-        path = Path(opts.output_dir) / f"synthetic_{artifact_name_for(opts)}_seed{opts.seed}.pth"
+        path = Path(opts.synthetic_dir or opts.output_dir) / f"synthetic_{name}_seed{opts.seed}.pth"
         with phases("write synthetic checkpoint"):
             write_synthetic_checkpoint(cfg, path, opts.seed)
     else:
         path = Path(opts.checkpoint)
     with phases("load checkpoint"):
         return read_checkpoint(path), path
-
-
-def artifact_name_for(opts: ConvertOptions) -> str:
-    return opts.name or (artifact_name(opts.variant, opts.dataset, opts.stage) if opts.config is None
-                         else "custom")
 
 
 def check_official_keys(tensors: dict, cfg: ArchConfig) -> None:
@@ -147,7 +148,12 @@ def _writing(where, tf):
     except OSError as err:
         raise ExportError(describe_os_error(err, where)) from None
     except tf.errors.OpError as err:
-        detail = (err.message or type(err).__name__).strip().splitlines()[0][:200]
+        message = err.message or ""
+        for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            if os.strerror(code) in message:
+                raise ExportError(describe_os_error(OSError(code, os.strerror(code)), where)) from None
+        detail = re.sub(r"\{\{.*?\}\}\s*", "", message).strip().splitlines()
+        detail = detail[0][:200] if detail else type(err).__name__
         raise ExportError(f"cannot write {where} ({type(err).__name__}: {detail}): "
                           "check free space and permissions, or choose another --output-dir") from None
 
@@ -296,7 +302,7 @@ def _export_and_verify(model, cfg, opts, name, out_dir, video, mask, tf_out, pt_
                        export_saved_model, tf, keras) -> dict:
     h5, folder, zipped = f"{name}.weights.h5", name, f"{name}.zip"
     with Staging(out_dir, name) as st:
-        with phases("save weights.h5"), _writing(st.path(h5), tf):
+        with phases("save weights.h5"), _writing(out_dir / h5, tf):
             save_weights_h5(model, st.path(h5))
         with phases("reload weights.h5"):
             fresh = _build(cfg, opts)
@@ -309,7 +315,7 @@ def _export_and_verify(model, cfg, opts, name, out_dir, video, mask, tf_out, pt_
                                     "predictions_identical": bool(np.array_equal(again, tf_out))}
             checks["weights_h5"]["passed"] &= same and checks["weights_h5"]["predictions_identical"]
             del fresh
-        with phases("export savedmodel"), _writing(st.path(folder), tf):
+        with phases("export savedmodel"), _writing(out_dir / folder, tf):
             export_saved_model(model, st.path(folder))
         with phases("reload savedmodel"):
             loaded = tf.saved_model.load(str(st.path(folder)))
@@ -323,7 +329,7 @@ def _export_and_verify(model, cfg, opts, name, out_dir, video, mask, tf_out, pt_
         else:
             checks["saved_model_xla"] = {"passed": True, "skipped": True, "detail": "--no-xla"}
         del loaded
-        with phases("zip savedmodel"), _writing(st.path(zipped), tf):
+        with phases("zip savedmodel"), _writing(out_dir / zipped, tf):
             zip_folder(st.path(folder), st.path(zipped))
         if not all(checks[g]["passed"] for g in GATES):
             return {}

@@ -76,6 +76,24 @@ class ArchConfig:
         return self.num_patches - self.num_masked
 
     @property
+    def num_params(self) -> int:
+        """Parameter count, for memory planning and reports."""
+        def blocks(dim, depth, mlp):
+            per_block = 4 * dim + 3 * dim * dim + 2 * dim + dim * dim + dim + 2 * dim * mlp + mlp + dim
+            return depth * (per_block + (2 * dim if self.layer_scale else 0))
+        n = self.patch_pixels * self.embed_dim + self.embed_dim
+        n += blocks(self.embed_dim, self.depth, self.mlp_dim) + 2 * self.embed_dim
+        if self.learnable_pos_embed:
+            n += self.num_patches * self.embed_dim
+        if self.is_pretrain:
+            d = self.decoder_embed_dim
+            n += self.embed_dim * d + d + blocks(d, self.decoder_depth, self.decoder_mlp_dim) + 2 * d
+            n += d * self.patch_pixels + self.patch_pixels
+        else:
+            n += self.embed_dim * self.num_classes + self.num_classes
+        return n
+
+    @property
     def is_pretrain(self) -> bool:
         return self.decoder_depth > 0
 

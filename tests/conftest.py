@@ -36,3 +36,31 @@ def run_cli(*args, cwd=None, timeout=900, env=None):
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+# A complete tiny conversion in a fresh interpreter, with the CLI's own failure handling
+# (`converter.cli.guarded`: signals, one error line, exit codes); the CLI itself always builds
+# a full-size zoo model. argv: config JSON, checkpoint, output dir, artifact name.
+TINY_CONVERSION = r"""
+import json, sys
+from converter.cli import guarded
+from converter.pipeline import convert
+from converter.variants import ArchConfig
+
+def run():
+    convert(config=ArchConfig(**json.loads(sys.argv[1])), checkpoint=sys.argv[2], output_dir=sys.argv[3],
+            name=sys.argv[4], xla=False, float64=False)
+    return 0
+
+guarded(run)
+"""
+
+
+def start_tiny_conversion(cfg, checkpoint, output_dir, name, preexec_fn=None):
+    """Popen of TINY_CONVERSION (stdout/stderr piped, text)."""
+    import json
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, "-c", TINY_CONVERSION, json.dumps(cfg.to_dict()), str(checkpoint),
+                             str(output_dir), name], cwd=REPO, env=env, preexec_fn=preexec_fn,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,198 @@
+"""Regenerating the zoo: many conversions, resumable, in parallel within memory, with a manifest.
+
+Each conversion runs in its own `vmae-convert` process: a crash or a kill takes only that
+entry down, memory is returned between entries, and import order is fresh every time.
+`manifest.json` is the ledger: an entry counts as done only if its record says it passed
+and every artifact on disk still has the recorded size and sha256. Anything else (missing
+record, killed run, corrupted file) is converted again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from .export import sha256_file, write_atomic
+from .registry import Entry
+from .variants import arch_config
+
+MANIFEST = "manifest.json"
+GIB = 2**30
+FRAMEWORK_BASELINE = 1.5 * GIB
+
+
+def tree_sha256(folder: Path) -> str:
+    """One hash for a SavedModel folder: relative paths and file hashes, in sorted order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(folder)}\0{sha256_file(path)}\n".encode())
+    return h.hexdigest()
+
+
+def artifact_record(path: Path) -> dict:
+    if path.is_dir():
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return {"kind": "savedmodel", "size": size, "sha256": tree_sha256(path)}
+    return {"kind": "file", "size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def load_manifest(output_dir: Path) -> dict:
+    path = Path(output_dir) / MANIFEST
+    if not path.exists():
+        return {"entries": {}}
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data.get("entries"), dict) else {"entries": {}}
+    except (OSError, ValueError):
+        return {"entries": {}}  # a damaged ledger only costs re-verification work
+
+
+def verify_record(output_dir: Path, record: dict | None) -> str | None:
+    """None if every recorded artifact is present and intact, else the reason to redo it."""
+    if not record or not record.get("passed"):
+        return "no passing record"
+    for filename, expected in record.get("artifacts", {}).items():
+        path = Path(output_dir) / filename
+        if not path.exists():
+            return f"{filename} is missing"
+        got = artifact_record(path)
+        if (got["size"], got["sha256"]) != (expected["size"], expected["sha256"]):
+            return f"{filename} differs from the manifest"
+    return None if record.get("artifacts") else "no artifacts recorded"
+
+
+def estimated_peak_bytes(entry: Entry, float64: bool) -> int:
+    """Rough peak of one conversion: float32 copies held at once, plus float64 models."""
+    params = arch_config(entry.variant, entry.dataset, entry.stage).num_params
+    return int(params * 4 * (3 + (4 if float64 else 0)) + FRAMEWORK_BASELINE)
+
+
+class MemoryBudget:
+    """Lets a conversion start only while the sum of running estimates fits in RAM."""
+
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self.cond = threading.Condition()
+
+    def acquire(self, amount: int) -> None:
+        amount = min(amount, self.total)  # a lone oversized job still runs, alone
+        with self.cond:
+            self.cond.wait_for(lambda: self.used == 0 or self.used + amount <= self.total)
+            self.used += amount
+
+    def release(self, amount: int) -> None:
+        with self.cond:
+            self.used -= min(amount, self.total)
+            self.cond.notify_all()
+
+
+def _command(entry: Entry, output_dir: Path, synthetic: bool, checkpoint_dir: str | None, options: dict):
+    cmd = [sys.executable, "-m", "converter.cli", "--variant", entry.variant, "--dataset", entry.dataset,
+           "--stage", entry.stage, "--output-dir", str(output_dir), "--name", entry.artifact, "--quiet"]
+    if synthetic:
+        cmd += ["--synthetic", "--synthetic-dir", checkpoint_dir]
+    else:
+        cmd += ["--registry-entry", entry.name]
+    for key in ("seed", "atol", "rtol", "batch"):
+        if options.get(key) is not None:
+            cmd += [f"--{key}", str(options[key])]
+    if options.get("float64") is False:
+        cmd.append("--no-float64")
+    if options.get("xla") is False:
+        cmd.append("--no-xla")
+    return cmd
+
+
+def run_batch(entries: list[Entry], output_dir, synthetic: bool = False, jobs: int = 1,
+              progress: Callable[[str], None] = print, **options) -> dict:
+    """Convert every entry not already done; returns {"converted", "skipped", "failed", ...}."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(output_dir)
+    lock = threading.Lock()
+    budget = MemoryBudget(int(psutil.virtual_memory().available * 0.9))
+    summary = {"converted": [], "skipped": [], "failed": [], "peak_rss_bytes": {}, "seconds": {}}
+    todo = []
+    for entry in entries:
+        reason = verify_record(output_dir, manifest["entries"].get(entry.artifact))
+        if reason is None:
+            summary["skipped"].append(entry.artifact)
+            progress(f"skip {entry.artifact}: done and verified")
+        else:
+            todo.append(entry)
+            progress(f"todo {entry.artifact}: {reason}")
+    started = time.perf_counter()
+
+    def one(entry: Entry) -> None:
+        need = estimated_peak_bytes(entry, options.get("float64", True))
+        budget.acquire(need)
+        try:
+            log_path = output_dir / "logs" / f"{entry.artifact}.log"
+            log_path.parent.mkdir(exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="vmae-synthetic-") as scratch, open(log_path, "w") as log:
+                cmd = _command(entry, output_dir, synthetic, scratch, options)
+                progress(f"start {entry.artifact} (about {need / GIB:.1f} GiB)")
+                t0 = time.perf_counter()
+                # Output goes to a file, not a pipe: a chatty child could fill a pipe and stall.
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+                peak = _watch_rss(proc)
+                seconds = time.perf_counter() - t0
+        finally:
+            budget.release(need)
+        report_path = output_dir / f"{entry.artifact}.parity.json"
+        report = json.loads(report_path.read_text()) if report_path.exists() and proc.returncode in (0, 3) else None
+        record = {
+            "entry": entry.name, "variant": entry.variant, "dataset": entry.dataset, "stage": entry.stage,
+            "passed": proc.returncode == 0 and bool(report and report["passed"]),
+            "synthetic": synthetic, "seconds": round(seconds, 1), "peak_rss_bytes": peak,
+        }
+        if record["passed"]:
+            record["artifacts"] = {f: artifact_record(output_dir / f) for f in report["artifacts"]}
+            record["source_sha256"] = report["checkpoint"]["sha256"]
+            record["versions"] = report["versions"]
+            record["parity"] = {k: {m: c.get(m) for m in ("passed", "max_abs", "max_rel")}
+                                for k, c in report["checks"].items()}
+        with lock:
+            manifest["entries"][entry.artifact] = record
+            manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            write_atomic(output_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+            summary["peak_rss_bytes"][entry.artifact] = peak
+            summary["seconds"][entry.artifact] = round(seconds, 1)
+            key = "converted" if record["passed"] else "failed"
+            summary[key].append(entry.artifact)
+        last = (log_path.read_text(errors="replace").strip().splitlines() or [""])[-1]
+        progress(f"{'done' if record['passed'] else 'FAILED'} {entry.artifact} in {seconds:.0f}s, "
+                 f"peak {peak / GIB:.1f} GiB" + ("" if record["passed"] else f": {last}"))
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(one, todo))
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
+def _watch_rss(proc: subprocess.Popen, every: float = 0.5) -> int:
+    """Peak resident memory of a child process (and its children), sampled."""
+    peak = 0
+    try:
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(every)
+    except psutil.Error:
+        pass
+    return peak

@@ -1,0 +1,91 @@
+"""Parity reports over a folder of conversions: parity-report.json for machines,
+parity-report.md for people (and for a CI job summary)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .batch import load_manifest
+
+CHECKS = ("tf_vs_pt", "float64", "weights_h5", "saved_model", "saved_model_xla")
+
+
+def collect(folder) -> list[dict]:
+    """One row per *.parity.json under `folder`, with sizes/checksums from manifest.json if any."""
+    folder = Path(folder)
+    rows = []
+    for path in sorted(folder.rglob("*.parity.json")):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            rows.append({"artifact": path.name.removesuffix(".parity.json"), "passed": False,
+                         "error": f"unreadable report: {err}"})
+            continue
+        manifest = load_manifest(path.parent)["entries"].get(report.get("artifact"), {})
+        checks = report.get("checks", {})
+        rows.append({
+            "artifact": report.get("artifact"),
+            "passed": bool(report.get("passed")),
+            "stage": report.get("stage"),
+            "tolerance": report.get("tolerance"),
+            "checks": {name: {k: checks[name].get(k) for k in ("passed", "max_abs", "max_rel", "skipped")}
+                       for name in CHECKS if name in checks},
+            "output_std": report.get("output_std"),
+            "seconds": report.get("wall_seconds"),
+            "peak_rss_bytes": manifest.get("peak_rss_bytes"),
+            "synthetic": report.get("checkpoint", {}).get("synthetic"),
+            "source_sha256": report.get("checkpoint", {}).get("sha256"),
+            "artifacts": report.get("artifacts", {}),
+        })
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    return {"rows": rows, "total": len(rows), "passed": sum(r["passed"] for r in rows),
+            "failed": [r["artifact"] for r in rows if not r["passed"]]}
+
+
+def _e(x) -> str:
+    return "-" if x is None else f"{x:.1e}"
+
+
+def to_markdown(summary: dict) -> str:
+    rows = summary["rows"]
+    lines = [f"## VideoMAE parity report: {summary['passed']}/{summary['total']} passed", "",
+             "Gate: every element within atol + rtol * |pytorch| (tolerances per row); float64 is informative.", "",
+             "| artifact | result | TF vs PT max abs / rel | float64 max abs | weights.h5 | SavedModel | SavedModel XLA | output std | time | peak RSS | artifacts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['artifact']} | FAIL | {r['error']} | | | | | | | | |")
+            continue
+        c = r["checks"]
+
+        def cell(name):
+            if name not in c:
+                return "-"
+            if c[name].get("skipped"):
+                return "skipped"
+            return f"{'ok' if c[name]['passed'] else 'FAIL'} {_e(c[name]['max_abs'])}"
+
+        tvp = c.get("tf_vs_pt", {})
+        sizes = ", ".join(f"{name.rsplit('.', 1)[-1] if '.' in name else 'savedmodel'} {a['size'] / 2**20:.0f} MiB"
+                          + (f" `{a['sha256'][:12]}`" if a.get("sha256") else "")
+                          for name, a in r["artifacts"].items())
+        rss = f"{r['peak_rss_bytes'] / 2**30:.1f} GiB" if r.get("peak_rss_bytes") else "-"
+        lines.append(
+            f"| {r['artifact']} | {'PASS' if r['passed'] else 'FAIL'} | {_e(tvp.get('max_abs'))} / {_e(tvp.get('max_rel'))}"
+            f" | {_e(c.get('float64', {}).get('max_abs'))} | {cell('weights_h5')} | {cell('saved_model')}"
+            f" | {cell('saved_model_xla')} | {r['output_std']:.3f} | {r['seconds']:.0f}s | {rss} | {sizes or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(folder, out_dir=None) -> dict:
+    from .export import write_atomic
+
+    summary = summarise(collect(folder))
+    out = Path(out_dir or folder)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "parity-report.json", json.dumps(summary, indent=2).encode())
+    write_atomic(out / "parity-report.md", to_markdown(summary).encode())
+    return summary

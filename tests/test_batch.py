@@ -1,0 +1,120 @@
+"""Batch regeneration: manifest, skip-if-verified, redo-if-corrupted, resume after a kill.
+
+The children are real conversions of tiny models (so the test takes seconds, not the
+minutes of full-size ones); what is under test is the bookkeeping around them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from converter import batch
+from converter.registry import filter_entries, load_registry
+from converter.report import collect, to_markdown, write_reports
+
+CHILD = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import conftest
+from converter import export
+from converter.pipeline import convert
+name, out, stage = sys.argv[1:4]
+if os.environ.get("VMAE_TEST_KILL") == name:
+    def die(self, *args, **kwargs):  # killed while moving finished files under their final names
+        os.kill(os.getpid(), signal.SIGKILL)
+    export.Staging.publish = die
+cfg = conftest.TINY_PT if stage == "pt" else conftest.TINY_FT
+report = convert(config=cfg, stage=stage, synthetic=True, output_dir=out, name=name, float64=False,
+                 synthetic_dir=os.environ["VMAE_TEST_SCRATCH"])
+sys.exit(0 if report["passed"] else 3)
+"""
+
+
+@pytest.fixture
+def entries():
+    return filter_entries(load_registry(), variant="S", dataset="k400")  # one ft, one pt
+
+
+@pytest.fixture
+def tiny_children(monkeypatch, tmp_path):
+    def command(entry, output_dir, synthetic, scratch, options):
+        return [sys.executable, "-c", CHILD.format(tests=str(REPO / "tests")), entry.artifact, str(output_dir),
+                entry.stage]
+
+    monkeypatch.setattr(batch, "_command", command)
+    monkeypatch.setenv("VMAE_TEST_SCRATCH", str(tmp_path))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _run(entries, out, **kw):
+    return batch.run_batch(entries, out, synthetic=True, progress=lambda m: None, **kw)
+
+
+def test_batch_records_verifies_skips_and_redoes(entries, tiny_children, tmp_path):
+    out = tmp_path / "release"
+    first = _run(entries, out, jobs=2)
+    assert sorted(first["converted"]) == sorted(e.artifact for e in entries) and not first["failed"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    for e in entries:
+        record = manifest["entries"][e.artifact]
+        assert record["passed"] and record["peak_rss_bytes"] > 0
+        h5 = record["artifacts"][f"{e.artifact}.weights.h5"]
+        assert h5["sha256"] == batch.sha256_file(out / f"{e.artifact}.weights.h5")
+        assert record["artifacts"][e.artifact]["kind"] == "savedmodel"
+
+    second = _run(entries, out)
+    assert sorted(second["skipped"]) == sorted(e.artifact for e in entries) and not second["converted"]
+
+    victim = out / f"{entries[0].artifact}.weights.h5"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert "differs" in batch.verify_record(out, manifest["entries"][entries[0].artifact])
+    third = _run(entries, out)
+    assert third["converted"] == [entries[0].artifact] and third["skipped"] == [entries[1].artifact]
+    assert batch.verify_record(out, json.loads((out / "manifest.json").read_text())["entries"][entries[0].artifact]) is None
+
+    summary = write_reports(out)
+    assert summary["passed"] == summary["total"] == 2
+    md = (out / "parity-report.md").read_text()
+    assert all(f"| {e.artifact} | PASS |" in md for e in entries)
+
+
+def test_killed_conversion_leaves_no_final_artifact_and_resumes(entries, tiny_children, tmp_path, monkeypatch):
+    out = tmp_path / "release"
+    victim = entries[0].artifact
+    monkeypatch.setenv("VMAE_TEST_KILL", victim)
+    killed = _run(entries, out)
+    assert killed["failed"] == [victim] and killed["converted"] == [entries[1].artifact]
+    assert not (out / f"{victim}.weights.h5").exists() and not (out / victim).exists()
+    assert list(out.glob(f".staging-{victim}-*"))  # SIGKILL cannot clean up...
+    assert batch.verify_record(out, batch.load_manifest(out)["entries"][victim]) is not None
+
+    monkeypatch.delenv("VMAE_TEST_KILL")
+    resumed = _run(entries, out)
+    assert resumed["converted"] == [victim] and resumed["skipped"] == [entries[1].artifact]
+    assert not list(out.glob(".staging-*"))  # ...the next run does
+    assert batch.verify_record(out, batch.load_manifest(out)["entries"][victim]) is None
+
+
+def test_report_marks_a_failed_row(tmp_path):
+    (tmp_path / "x.parity.json").write_text(json.dumps({
+        "artifact": "x", "passed": False, "stage": "ft", "tolerance": {"rtol": 1e-5, "atol": 1e-5},
+        "checks": {"tf_vs_pt": {"passed": False, "max_abs": 0.5, "max_rel": 1.0}}, "output_std": 1.0,
+        "wall_seconds": 3.0, "checkpoint": {}, "artifacts": {}}))
+    (tmp_path / "broken.parity.json").write_text("{not json")
+    rows = collect(tmp_path)
+    assert [r["passed"] for r in rows] == [False, False]
+    md = to_markdown({"rows": rows, "total": 2, "passed": 0, "failed": ["x", "broken"]})
+    assert "| x | FAIL | 5.0e-01" in md and "unreadable report" in md
+
+
+def test_memory_budget_estimate_grows_with_variant(entries):
+    small = batch.estimated_peak_bytes(entries[0], float64=False)
+    h = [e for e in load_registry() if e.variant == "H" and e.stage == "ft"][0]
+    assert batch.estimated_peak_bytes(h, float64=False) > 5 * small
+    assert batch.estimated_peak_bytes(h, float64=True) > batch.estimated_peak_bytes(h, float64=False)
