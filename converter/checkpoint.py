@@ -182,9 +182,11 @@ def unwrap(obj, source: str = "<state dict>") -> LoadedCheckpoint:
             raise CheckpointError(f"{source}: '{name}' appears twice after stripping '{prefix}'")
         if not value.is_floating_point():
             raise CheckpointError(f"{source}: '{key}' has dtype {value.dtype}, expected floating point weights")
-        if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
-            raise CheckpointError(f"{source}: '{key}' is a {value.layout} tensor on {value.device.type}, "
-                                  "expected dense weights")
+        if value.layout != torch.strided:
+            raise CheckpointError(f"{source}: '{key}' is a {value.layout} tensor, expected dense weights")
+        if value.device.type != "cpu":  # map_location="cpu" moves real devices: this one holds no data
+            raise CheckpointError(f"{source}: '{key}' is a {value.device.type} tensor without data, "
+                                  "expected stored weights")
         finite = torch.isfinite(value)
         if not bool(finite.all()):
             nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())

@@ -72,3 +72,15 @@ def test_synthetic_weights_are_seeded():
     a, b, c = (synthetic_state_dict(TINY_FT, s) for s in (1, 1, 2))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["head.weight"], c["head.weight"])
+
+
+@pytest.mark.parametrize("variant", ["S", "B", "L", "H"])
+@pytest.mark.parametrize("stage", ["ft", "pt"])
+def test_parameter_count_formula_matches_the_reference_model(variant, stage):
+    """num_params drives memory planning; count the reference's parameters to check it."""
+    from pt_reference import build_reference
+
+    cfg = arch_config(variant, "k400", stage)
+    with torch.device("meta"):
+        model = build_reference(cfg)
+    assert cfg.num_params == sum(p.numel() for p in model.parameters())
