@@ -11,7 +11,6 @@ handling is not public API. The Drive-specific part is therefore the two URL tem
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -23,6 +22,7 @@ import requests
 from tqdm import tqdm
 
 from .errors import DownloadError
+from .export import sha256_file
 
 CHUNK = 1 << 20
 TIMEOUT = (15, 60)  # (connect, between bytes) seconds
@@ -46,14 +46,6 @@ def manual_url(entry) -> str:
     """Where a person can fetch the file by hand (a browser handles Drive's pages itself)."""
     src = entry.source
     return DRIVE_VIEW_URL.format(id=src.id) if src.type == "gdrive" else src.url
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_checkpoint(entry, cache=None, progress=True, url_override=None) -> Path:

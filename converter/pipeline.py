@@ -183,6 +183,15 @@ def _build(cfg, opts, dtype=None):
     return build_model(cfg, dtype=dtype)
 
 
+def _copy_weights(src, dst) -> None:
+    """The weights of `src` into `dst`, a model of the same architecture: same paths, same order."""
+    pairs = list(zip(src.weights, dst.weights))
+    if len(src.weights) != len(dst.weights) or any(a.path != b.path for a, b in pairs):
+        raise VMAEError("internal error: the float64 model's weights differ from the model's")
+    for a, b in pairs:
+        b.assign(a.value)
+
+
 def _keras_forward(model, video, mask, dtype="float32") -> np.ndarray:
     import keras
 
@@ -205,9 +214,10 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     tensors = loaded.tensors
     cfg = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes)
     check_official_keys(tensors, cfg)
-    torch, tf, keras = frameworks.load()
-    from pt_reference import build_reference
-    from tf_models import export_saved_model
+    with phases("import tensorflow"):
+        torch, tf, keras = frameworks.load()
+    from pt_reference import float64_compute, load_reference
+    from tf_models import Float64Compute, export_saved_model
 
     rules = rules_for(cfg.is_pretrain and "pt" or "ft", opts.encoder_only)
     dropped = []
@@ -220,8 +230,8 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     with phases("map weights"):
         assignments = load_into(model, mapped, rules)
     with phases("build pytorch reference"):
-        reference = build_reference(cfg)
-        reference.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=True)
+        # The checkpoint's own tensors become its weights: no copy, no initial values.
+        reference = load_reference(cfg, {k: torch.from_numpy(v) for k, v in tensors.items()})
     reference_fn = _reference_fn(reference, cfg, opts)
 
     video = make_video(cfg, opts.batch, opts.seed)
@@ -238,17 +248,23 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
             localisation = localise(reference, model, video, mask)
         checks["tf_vs_pt"]["detail"] = describe_localisation(localisation)
 
+    # float64 on both sides, from the float32 weights (exact), without a float64 copy of either
+    # model: PyTorch casts one weight at a time where it is used, Keras casts in its layers.
     if opts.float64:
-        with phases("float64 comparison"):
-            reference.double()
-            model64 = _build(cfg, opts, dtype="float64")
-            load_into(model64, mapped, rules)
-            checks["float64"] = compare(_keras_forward(model64, video, mask, "float64"),
-                                        reference_fn(video, mask, "float64"), 0.0, FLOAT64_ATOL)
+        with phases("pytorch forward float64"), float64_compute(reference):
+            pt64 = reference_fn(video, mask, "float64")
+    # The Keras model holds the weights now. Freeing the checkpoint (its mapped pages too) and
+    # the reference (which holds the same tensors) keeps at most two copies of the weights alive.
+    del reference, reference_fn, tensors, mapped
+    loaded.tensors = {}
+    if opts.float64:
+        with phases("keras forward float64"):
+            model64 = _build(cfg, opts, dtype=Float64Compute())
+            _copy_weights(model, model64)
+            checks["float64"] = compare(_keras_forward(model64, video, mask, "float64"), pt64, 0.0,
+                                        FLOAT64_ATOL)
             checks["float64"]["gate"] = False  # informative: shows mapping exactness without fp32 noise
-            del model64
-    del reference, tensors, mapped
-    loaded.tensors = {}  # the Keras model holds the weights now; free the numpy copies
+            del model64, pt64
 
     artifacts = {}
     if checks["tf_vs_pt"]["passed"]:

@@ -7,7 +7,10 @@ from .videomae import (  # noqa: E402
     VideoMAEClassifier,
     VideoMAEPretrain,
     build_reference,
+    float64_compute,
+    load_reference,
     sinusoid_table,
 )
 
-__all__ = ["VideoMAEClassifier", "VideoMAEPretrain", "build_reference", "sinusoid_table"]
+__all__ = ["VideoMAEClassifier", "VideoMAEPretrain", "build_reference", "float64_compute", "load_reference",
+           "sinusoid_table"]

@@ -7,11 +7,14 @@ float32), because the point of this module is to be the thing we compare against
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
+from torch.nn.utils import parametrize
 
 from converter.variants import LAYER_NORM_EPS, ArchConfig
 
@@ -208,3 +211,40 @@ class VideoMAEPretrain(nn.Module):
 def build_reference(cfg: ArchConfig, **kwargs) -> nn.Module:
     model = VideoMAEPretrain(cfg, **kwargs) if cfg.is_pretrain else VideoMAEClassifier(cfg, **kwargs)
     return model.eval()
+
+
+def load_reference(cfg: ArchConfig, state_dict: dict, **kwargs) -> nn.Module:
+    """`build_reference` + `load_state_dict(state_dict, strict=True)`, holding the given tensors
+    themselves as weights: built on the meta device, so no time and memory go into initial
+    values that would be overwritten, and nothing is copied (the tensors of a memory-mapped
+    checkpoint stay the file's pages)."""
+    with torch.device("meta"):
+        model = build_reference(cfg, **kwargs)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    # The fixed sinusoid tables are made from numpy, so they are real; anything else that is in
+    # no state dict would still be a shape without data.
+    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if empty:
+        raise RuntimeError(f"reference tensors with no data after loading: {empty}")
+    return model
+
+
+class _Float64(nn.Module):
+    def forward(self, weight):
+        return weight.double()
+
+
+@contextlib.contextmanager
+def float64_compute(model: nn.Module):
+    """Within the block, `model` computes in float64 (give it float64 inputs) while its weights
+    stay float32: each weight is read through `.double()` where it is used, so one float64 weight
+    exists at a time instead of a float64 copy of the model. Exact: a float32 value is a float64
+    number, so this computes what `model.double()` computes."""
+    owners = [(m, name) for m in model.modules() for name, _ in m.named_parameters(recurse=False)]
+    for m, name in owners:
+        parametrize.register_parametrization(m, name, _Float64(), unsafe=True)
+    try:
+        yield model
+    finally:
+        for m, name in owners:
+            parametrize.remove_parametrizations(m, name, leave_parametrized=False)

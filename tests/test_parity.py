@@ -109,3 +109,12 @@ def test_report_records_seed_versions_and_timings(tmp_path):
     other = _convert(tmp_path, TINY_FT, seed=6, name="tiny6")
     assert other["checkpoint"]["sha256"] != report["checkpoint"]["sha256"]
     assert not np.isclose(other["output_std"], report["output_std"])
+
+
+def test_saved_model_stores_each_weight_once(tmp_path):
+    """The SavedModel's variables are no bigger than the weights themselves (Keras' track()
+    would store every weight twice)."""
+    report = _convert(tmp_path, TINY_FT.with_(embed_dim=128), float64=False, xla=False)
+    weights = sum(f.stat().st_size for f in (tmp_path / "tiny" / "variables").iterdir())
+    params_bytes = TINY_FT.with_(embed_dim=128).num_params * 4
+    assert report["passed"] and params_bytes <= weights < 1.2 * params_bytes

@@ -8,6 +8,7 @@ from converter import frameworks as _frameworks
 _frameworks.load_keras()
 
 from .videomae import (  # noqa: E402
+    Float64Compute,
     build_backbone,
     build_classifier,
     build_model,
@@ -17,5 +18,5 @@ from .videomae import (  # noqa: E402
     hidden_state_model,
 )
 
-__all__ = ["build_backbone", "build_classifier", "build_model", "build_pretrain", "build_zoo_model",
+__all__ = ["Float64Compute", "build_backbone", "build_classifier", "build_model", "build_pretrain", "build_zoo_model",
            "export_saved_model", "hidden_state_model"]
