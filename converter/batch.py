@@ -121,6 +121,7 @@ def run_batch(entries: list[Entry], output_dir, synthetic: bool = False, jobs: i
     output_dir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(output_dir)
     lock = threading.Lock()
+    running: set[subprocess.Popen] = set()
     budget = MemoryBudget(int(psutil.virtual_memory().available * 0.9))
     summary = {"converted": [], "skipped": [], "failed": [], "peak_rss_bytes": {}, "seconds": {}}
     todo = []
@@ -146,7 +147,11 @@ def run_batch(entries: list[Entry], output_dir, synthetic: bool = False, jobs: i
                 t0 = time.perf_counter()
                 # Output goes to a file, not a pipe: a chatty child could fill a pipe and stall.
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+                with lock:
+                    running.add(proc)
                 peak = _watch_rss(proc)
+                with lock:
+                    running.discard(proc)
                 seconds = time.perf_counter() - t0
         finally:
             budget.release(need)
@@ -175,8 +180,19 @@ def run_batch(entries: list[Entry], output_dir, synthetic: bool = False, jobs: i
         progress(f"{'done' if record['passed'] else 'FAILED'} {entry.artifact} in {seconds:.0f}s, "
                  f"peak {peak / GIB:.1f} GiB" + ("" if record["passed"] else f": {last}"))
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         list(pool.map(one, todo))
+    except BaseException:
+        # Ctrl-C / SIGTERM reach this process only: pass them on, so no child keeps converting
+        # (and publishing) after the batch was stopped. Each child cleans its own staging.
+        with lock:
+            for proc in running:
+                if proc.poll() is None:
+                    proc.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     return summary
 

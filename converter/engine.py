@@ -148,7 +148,8 @@ def load_into(model, tensors: dict[str, np.ndarray], rules: list[Rule]) -> list[
                        {p: tuple(v.shape) for p, v in variables.items()}, rules)
     for a in assignments:
         var = variables[a.target]
-        var.assign(np.ascontiguousarray(a.transform.forward(tensors[a.source])).astype(var.dtype))
+        # At most one copy per tensor (the transpose, or the cast), none for float32 `SAME`.
+        var.assign(np.ascontiguousarray(a.transform.forward(tensors[a.source]), dtype=var.dtype))
     return assignments
 
 

@@ -199,7 +199,10 @@ def zip_folder(folder: Path, zip_path: Path) -> None:
                 zf.writestr(info, b"")
             else:
                 info.external_attr = 0o644 << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
+                # Weights are stored as they are: float32 values deflate by under 10% and
+                # deflating gigabytes was most of an export's time. The graph still deflates.
+                stored = path.parent.name == "variables" and path.name.startswith("variables.data")
+                info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
                 with open(path, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
                     shutil.copyfileobj(src, dst, 1 << 22)  # streamed: variables can be GBs
 

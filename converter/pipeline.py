@@ -6,8 +6,10 @@ written as `<artifact>.parity.json`) and publishes artifacts only when every gat
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as _dt
 import errno
+import gc
 import json
 import os
 import platform
@@ -72,8 +74,38 @@ class Phases:
         self.progress(f"{name} ...")
         start = time.perf_counter()
         yield
+        _trim_heap()  # a phase's freed activations must not stay resident into the next one
         self.seconds[name] = round(time.perf_counter() - start, 3)
         self.progress(f"{name} done in {self.seconds[name]:.1f}s")
+
+
+try:  # glibc keeps freed memory in its heap, counted as resident, until asked to give it back
+    _libc = ctypes.CDLL("libc.so.6")
+    _malloc_trim, _mallopt = _libc.malloc_trim, _libc.mallopt
+except (OSError, AttributeError):  # not glibc: nothing to tune
+    _malloc_trim = _mallopt = None
+_M_MMAP_THRESHOLD = -3
+
+
+def _tune_heap() -> None:
+    """Buffers of 16 MB and more (float64 attention scores, a ViT-H's MLP activations) get
+    mappings of their own, returned to the OS when freed. By default glibc raises that
+    threshold to the largest buffer freed so far, so such buffers pile up in its heap instead:
+    0.1-0.2 GiB more resident memory at the peak, for no speed."""
+    if _mallopt is not None:
+        _mallopt(_M_MMAP_THRESHOLD, 16 << 20)
+
+
+def _trim_heap() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _release() -> None:
+    """Really free what was just deleted: Keras models and TensorFlow functions are full of
+    reference cycles, so `del model` frees nothing until the cycle collector runs (~0.5 s)."""
+    gc.collect()
+    _trim_heap()
 
 
 def versions() -> dict:
@@ -111,6 +143,8 @@ def _validate(opts: ConvertOptions) -> None:
 
 
 def _load(opts: ConvertOptions, name: str, phases: Phases) -> tuple[LoadedCheckpoint, Path]:
+    with phases("import torch"):
+        frameworks.load_torch()
     if opts.synthetic:
         from .synthetic import write_synthetic_checkpoint
         from .variants import arch_config
@@ -135,8 +169,14 @@ def check_official_keys(tensors: dict, cfg: ArchConfig) -> None:
         with torch.device("meta"):
             official = {k: tuple(t.shape) for k, t in build_reference(cfg).state_dict().items()}
     except (ValueError, RuntimeError, AssertionError, ZeroDivisionError) as err:
-        raise MappingError(f"cannot build a VideoMAE with {cfg}: {err}") from None
+        raise MappingError(f"the checkpoint describes no VideoMAE that can be built (width {cfg.embed_dim}, "
+                           f"depth {cfg.depth}, {cfg.num_heads} heads): {_one_line(err)}") from None
     check_official({k: tuple(v.shape) for k, v in tensors.items()}, official)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 @contextlib.contextmanager
@@ -183,15 +223,6 @@ def _build(cfg, opts, dtype=None):
     return build_model(cfg, dtype=dtype)
 
 
-def _copy_weights(src, dst) -> None:
-    """The weights of `src` into `dst`, a model of the same architecture: same paths, same order."""
-    pairs = list(zip(src.weights, dst.weights))
-    if len(src.weights) != len(dst.weights) or any(a.path != b.path for a, b in pairs):
-        raise VMAEError("internal error: the float64 model's weights differ from the model's")
-    for a, b in pairs:
-        b.assign(a.value)
-
-
 def _keras_forward(model, video, mask, dtype="float32") -> np.ndarray:
     import keras
 
@@ -203,6 +234,7 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     ParityError (after the report is written). Keyword arguments are ConvertOptions fields."""
     opts = ConvertOptions(**kwargs)
     _validate(opts)
+    _tune_heap()
     phases = Phases(progress)
     started = time.time()
     name = default_name(opts)
@@ -214,31 +246,39 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     tensors = loaded.tensors
     cfg = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes)
     check_official_keys(tensors, cfg)
+    torch = frameworks.load_torch()
+    from pt_reference import float64_compute as pt_float64, load_reference
+
+    with phases("build pytorch reference"):
+        # The checkpoint's own tensors become its weights: no copy, no initial values.
+        reference = load_reference(cfg, {k: torch.from_numpy(v) for k, v in tensors.items()})
+    reference_fn = _reference_fn(reference, cfg, opts)
+    video = make_video(cfg, opts.batch, opts.seed)
+    mask = tube_mask(cfg, opts.batch, opts.seed) if cfg.is_pretrain and not opts.encoder_only else None
+    # PyTorch runs first, before tensorflow is imported: the peak of its forwards (float64
+    # attention) then never adds up with tensorflow's own memory or the Keras model's weights.
+    with phases("pytorch forward"):
+        pt_out = reference_fn(video, mask, "float32")
+    if opts.float64:
+        # float64 from the float32 weights (exact), each cast where it is used: no float64 copy.
+        with phases("pytorch forward float64"), pt_float64(reference):
+            pt64 = reference_fn(video, mask, "float64")
+
     with phases("import tensorflow"):
         torch, tf, keras = frameworks.load()
-    from pt_reference import float64_compute, load_reference
-    from tf_models import Float64Compute, export_saved_model
+    from tf_models import export_saved_model, float64_compute as keras_float64
 
     rules = rules_for(cfg.is_pretrain and "pt" or "ft", opts.encoder_only)
     dropped = []
     if opts.encoder_only:
         dropped = [k for k in tensors if k.startswith(ENCODER_ONLY_DROPPED)]
     mapped = {k: v for k, v in tensors.items() if k not in set(dropped)}
-
     with phases("build keras model"):
         model = _build(cfg, opts)
     with phases("map weights"):
         assignments = load_into(model, mapped, rules)
-    with phases("build pytorch reference"):
-        # The checkpoint's own tensors become its weights: no copy, no initial values.
-        reference = load_reference(cfg, {k: torch.from_numpy(v) for k, v in tensors.items()})
-    reference_fn = _reference_fn(reference, cfg, opts)
 
-    video = make_video(cfg, opts.batch, opts.seed)
-    mask = tube_mask(cfg, opts.batch, opts.seed) if cfg.is_pretrain and not opts.encoder_only else None
     checks: dict[str, dict] = {}
-    with phases("pytorch forward"):
-        pt_out = reference_fn(video, mask, "float32")
     with phases("keras forward"):
         tf_out = _keras_forward(model, video, mask)
     checks["tf_vs_pt"] = compare(tf_out, pt_out, opts.rtol, opts.atol)
@@ -248,27 +288,24 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
             localisation = localise(reference, model, video, mask)
         checks["tf_vs_pt"]["detail"] = describe_localisation(localisation)
 
-    # float64 on both sides, from the float32 weights (exact), without a float64 copy of either
-    # model: PyTorch casts one weight at a time where it is used, Keras casts in its layers.
-    if opts.float64:
-        with phases("pytorch forward float64"), float64_compute(reference):
-            pt64 = reference_fn(video, mask, "float64")
     # The Keras model holds the weights now. Freeing the checkpoint (its mapped pages too) and
     # the reference (which holds the same tensors) keeps at most two copies of the weights alive.
     del reference, reference_fn, tensors, mapped
     loaded.tensors = {}
+    _release()
     if opts.float64:
-        with phases("keras forward float64"):
-            model64 = _build(cfg, opts, dtype=Float64Compute())
-            _copy_weights(model, model64)
-            checks["float64"] = compare(_keras_forward(model64, video, mask, "float64"), pt64, 0.0,
-                                        FLOAT64_ATOL)
+        # The same model, its layers computing in float64 for the block: no second model to build,
+        # no second copy of the weights.
+        with phases("keras forward float64"), keras_float64(model):
+            checks["float64"] = compare(_keras_forward(model, video, mask, "float64"), pt64, 0.0, FLOAT64_ATOL)
             checks["float64"]["gate"] = False  # informative: shows mapping exactness without fp32 noise
-            del model64, pt64
+        del pt64
 
     artifacts = {}
     if checks["tf_vs_pt"]["passed"]:
-        artifacts = _export_and_verify(model, cfg, opts, name, out_dir, video, mask, tf_out, pt_out,
+        handed_over = [model]  # the export drops the model once written: the reloads take its place
+        del model
+        artifacts = _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_out, pt_out,
                                        checks, phases, export_saved_model, tf, keras)
     else:
         for gate in GATES[1:]:
@@ -314,8 +351,9 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     return report
 
 
-def _export_and_verify(model, cfg, opts, name, out_dir, video, mask, tf_out, pt_out, checks, phases,
+def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_out, pt_out, checks, phases,
                        export_saved_model, tf, keras) -> dict:
+    model = handed_over.pop()
     h5, folder, zipped = f"{name}.weights.h5", name, f"{name}.zip"
     with Staging(out_dir, name) as st:
         with phases("save weights.h5"), _writing(out_dir / h5, tf):
@@ -325,26 +363,32 @@ def _export_and_verify(model, cfg, opts, name, out_dir, video, mask, tf_out, pt_
             fresh.load_weights(st.path(h5))
             same = all(np.array_equal(a.numpy(), b.numpy()) and a.path == b.path
                        for a, b in zip(model.weights, fresh.weights)) and len(model.weights) == len(fresh.weights)
+        with phases("weights.h5 forward"):
             again = _keras_forward(fresh, video, mask)
             checks["weights_h5"] = {**compare(again, pt_out, opts.rtol, opts.atol),
                                     "weights_identical": same,
                                     "predictions_identical": bool(np.array_equal(again, tf_out))}
             checks["weights_h5"]["passed"] &= same and checks["weights_h5"]["predictions_identical"]
             del fresh
+            _release()
         with phases("export savedmodel"), _writing(out_dir / folder, tf):
             export_saved_model(model, st.path(folder))
+            del model
+            _release()  # the model and the export's traced graph: the files are all that is checked now
         with phases("reload savedmodel"):
             loaded = tf.saved_model.load(str(st.path(folder)))
+        with phases("savedmodel forward"):
             args = keras_inputs(video, mask)
             args = args if isinstance(args, list) else [args]
             checks["saved_model"] = compare(loaded.serve(*args).numpy(), pt_out, opts.rtol, opts.atol)
         if opts.xla:
-            with phases("savedmodel under xla"):
+            with phases("savedmodel forward under xla"):
                 xla = tf.function(loaded.serve, jit_compile=True)
                 checks["saved_model_xla"] = compare(xla(*args).numpy(), pt_out, opts.rtol, opts.atol)
         else:
             checks["saved_model_xla"] = {"passed": True, "skipped": True, "detail": "--no-xla"}
         del loaded
+        _release()
         with phases("zip savedmodel"), _writing(out_dir / zipped, tf):
             zip_folder(st.path(folder), st.path(zipped))
         if not all(checks[g]["passed"] for g in GATES):

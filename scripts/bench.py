@@ -117,6 +117,7 @@ def latency(variant: str, runs: int, warmup: int, pause: float) -> dict:
     return {
         "variant": variant,
         "median_s": {n: round(v, 4) for n, v in median.items()},
+        "min_s": {n: round(min(t), 4) for n, t in times.items()},
         "runs_s": {n: [round(v, 4) for v in t] for n, t in times.items()},
         "max_abs_vs_pytorch": {n: float(np.abs(o.astype(np.float64) - ref).max()) for n, o in outputs.items()},
         "best_tf": best_tf,
@@ -133,13 +134,9 @@ _LINE = re.compile(r"^\[\s*[\d.]+s\] (.+?) (\.\.\.|done in [\d.]+s)$")
 
 
 def parameter_bytes(variant: str) -> int:
-    torch = frameworks.load_torch()
     from converter.variants import arch_config
-    from pt_reference import build_reference
 
-    with torch.device("meta"):
-        ref = build_reference(arch_config(variant))
-    return 4 * sum(p.numel() for p in ref.parameters())
+    return 4 * arch_config(variant).num_params  # float32
 
 
 def conversion(variant: str, workdir: Path, extra_args: list[str]) -> dict:
@@ -215,7 +212,8 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"Benchmark of {result['created']} on {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM "
              f"(load average {m['load_average_start'][0]} at start, {m.get('load_average_end', ['?'])[0]} at end); "
-             f"torch {result['versions'].get('torch')}, tensorflow {result['versions'].get('tensorflow')}, "
+             f"torch {result['versions'].get('torch')}, "
+             f"tensorflow {result['versions'].get('tensorflow') or result['versions'].get('tensorflow-cpu')}, "
              f"keras {result['versions'].get('keras')}.", ""]
     if result.get("latency"):
         lines += ["Inference latency per clip [1, 16, 224, 224, 3], median seconds "

@@ -40,27 +40,33 @@ def run_cli(*args, cwd=None, timeout=900, env=None):
 
 # A complete tiny conversion in a fresh interpreter, with the CLI's own failure handling
 # (`converter.cli.guarded`: signals, one error line, exit codes); the CLI itself always builds
-# a full-size zoo model. argv: config JSON, checkpoint, output dir, artifact name.
+# a full-size zoo model. argv: config JSON, checkpoint, output dir, artifact name, and optionally
+# a phase and a byte count: when that phase starts, files may no longer grow past it (ulimit -f).
 TINY_CONVERSION = r"""
-import json, sys
+import json, resource, sys
 from converter.cli import guarded
 from converter.pipeline import convert
 from converter.variants import ArchConfig
 
+def progress(message):
+    if len(sys.argv) > 6 and message == sys.argv[5] + " ...":
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[6]), int(sys.argv[6])))
+
 def run():
     convert(config=ArchConfig(**json.loads(sys.argv[1])), checkpoint=sys.argv[2], output_dir=sys.argv[3],
-            name=sys.argv[4], xla=False, float64=False)
+            name=sys.argv[4], xla=False, float64=False, progress=progress)
     return 0
 
 guarded(run)
 """
 
 
-def start_tiny_conversion(cfg, checkpoint, output_dir, name, preexec_fn=None):
-    """Popen of TINY_CONVERSION (stdout/stderr piped, text)."""
+def start_tiny_conversion(cfg, checkpoint, output_dir, name, preexec_fn=None, file_size_limit=None):
+    """Popen of TINY_CONVERSION (stdout/stderr piped, text); file_size_limit=(phase, bytes)."""
     import json
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    limit = [file_size_limit[0], str(file_size_limit[1])] if file_size_limit else []
     return subprocess.Popen([sys.executable, "-c", TINY_CONVERSION, json.dumps(cfg.to_dict()), str(checkpoint),
-                             str(output_dir), name], cwd=REPO, env=env, preexec_fn=preexec_fn,
+                             str(output_dir), name, *limit], cwd=REPO, env=env, preexec_fn=preexec_fn,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -139,3 +139,39 @@ def test_memory_budget_runs_jobs_only_while_they_fit():
     budget.release(6)
     budget.acquire(50)  # larger than everything: still runs, alone
     budget.release(50)
+
+
+def test_stopping_the_batch_stops_its_children(entries, monkeypatch, tmp_path):
+    """SIGTERM/Ctrl-C reach the batch process only; its children must not go on publishing."""
+    import subprocess
+    import threading
+    import time
+
+    started = []
+
+    def command(entry, output_dir, synthetic, scratch, options):
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    monkeypatch.setattr(batch, "_command", command)
+    real_popen = subprocess.Popen
+
+    def popen(*a, **k):
+        proc = real_popen(*a, **k)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(batch.subprocess, "Popen", popen)
+
+    def interrupt_soon():
+        while not started:
+            time.sleep(0.05)
+        import os
+        import signal
+        os.kill(os.getpid(), signal.SIGINT)  # a real signal: it wakes the main thread's wait
+
+    threading.Thread(target=interrupt_soon, daemon=True).start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        _run(entries[:1], tmp_path / "release")
+    assert time.perf_counter() - t0 < 30
+    assert started[0].wait(10) is not None  # terminated, not left sleeping

@@ -15,8 +15,9 @@ from .videomae import (  # noqa: E402
     build_pretrain,
     build_zoo_model,
     export_saved_model,
+    float64_compute,
     hidden_state_model,
 )
 
 __all__ = ["Float64Compute", "build_backbone", "build_classifier", "build_model", "build_pretrain", "build_zoo_model",
-           "export_saved_model", "hidden_state_model"]
+           "export_saved_model", "float64_compute", "hidden_state_model"]

@@ -5,6 +5,8 @@ from: `blocks.3.attn.qkv.weight` lives at `blocks_3/attn/qkv/kernel`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import layers, ops
@@ -266,6 +268,23 @@ class Float64Compute(keras.DTypePolicy):
 
     def _parse_name(self, name):
         return "float64", "float32"  # (compute, variables)
+
+
+@contextlib.contextmanager
+def float64_compute(model: keras.Model):
+    """Within the block, `model` computes in float64 (give it float64 inputs) from its float32
+    weights, cast where they are used: the float64 twin of a model without a second copy of
+    its weights. Exact, as every float32 value is a float64 number, so this computes what the
+    same network built with dtype="float64" and holding the same values computes."""
+    layers_ = list(model._flatten_layers())  # the model and every layer in it, nested ones too
+    saved = [layer.dtype_policy for layer in layers_]
+    try:
+        for layer in layers_:
+            layer.dtype_policy = Float64Compute()
+        yield model
+    finally:
+        for layer, policy in zip(layers_, saved):
+            layer.dtype_policy = policy
 
 
 def _video_input(cfg: ArchConfig, dtype):
