@@ -339,11 +339,12 @@ def config_for(tensors: dict[str, np.ndarray], variant: str, dataset: str, stage
     expected = num_classes or get_dataset(dataset).num_classes
     if found is not None and found != expected:
         ds = dataset_for_classes(found)
-        hint = f": the file looks like a {ds} model, pass --dataset {ds}" if ds else ": pass --num-classes"
-        if num_classes is None:
-            raise VariantMismatchError(
-                f"checkpoint head has {found} classes, dataset {dataset} has {expected}{hint}")
-        raise VariantMismatchError(f"checkpoint head has {found} classes, --num-classes is {expected}")
+        if num_classes is not None:
+            raise VariantMismatchError(f"checkpoint head has {found} classes, --num-classes is {expected}")
+        if ds is not None:  # another zoo dataset's head: almost surely the wrong --dataset
+            raise VariantMismatchError(f"checkpoint head has {found} classes, dataset {dataset} has "
+                                       f"{expected}: the file looks like a {ds} model, pass --dataset {ds}")
+        expected = found  # a head fine-tuned on the user's own classes: read it from the file
     return cfg.with_(num_classes=expected, use_mean_pooling=info["use_mean_pooling"],
                      layer_scale=info["layer_scale"], learnable_pos_embed=info["learnable_pos_embed"])
 

@@ -84,3 +84,18 @@ def test_parameter_count_formula_matches_the_reference_model(variant, stage):
     with torch.device("meta"):
         model = build_reference(cfg)
     assert cfg.num_params == sum(p.numel() for p in model.parameters())
+
+
+def test_num_classes_is_read_from_a_custom_head_but_a_zoo_head_must_match_the_dataset():
+    from converter.checkpoint import config_for
+    from converter.errors import VariantMismatchError
+
+    shapes = synthetic_state_dict(arch_config("S", "k400", "ft", num_classes=10, depth=12), seed=0)
+    tensors = {k: v.numpy() for k, v in shapes.items()}
+    assert config_for(tensors, "S", "k400", "ft").num_classes == 10  # the user's own 10 classes
+    ssv2 = dict(tensors, **{"head.weight": np.ones((174, 384), np.float32),
+                            "head.bias": np.ones(174, np.float32)})
+    with pytest.raises(VariantMismatchError, match="looks like a ssv2 model, pass --dataset ssv2"):
+        config_for(ssv2, "S", "k400", "ft")
+    with pytest.raises(VariantMismatchError, match="--num-classes is 12"):
+        config_for(tensors, "S", "k400", "ft", num_classes=12)
