@@ -169,9 +169,16 @@ def test_stopping_the_batch_stops_its_children(entries, monkeypatch, tmp_path):
         import signal
         os.kill(os.getpid(), signal.SIGINT)  # a real signal: it wakes the main thread's wait
 
+    import signal
+
+    # A shell's background jobs start with SIGINT ignored; give it Python's Ctrl-C behaviour.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_soon, daemon=True).start()
     t0 = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        _run(entries[:1], tmp_path / "release")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run(entries[:1], tmp_path / "release")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - t0 < 30
     assert started[0].wait(10) is not None  # terminated, not left sleeping
