@@ -55,61 +55,96 @@ def machine() -> dict:
 
 # ---------------------------------------------------------------------------------------- latency
 
-def latency(variant: str, runs: int, warmup: int, pause: float) -> dict:
-    torch, tf, keras = frameworks.load()
+def _paths(side: str, variant: str) -> dict:
+    """{path name: callable returning the logits} for one framework, on the same synthetic
+    weights and clip in both (both are drawn from seed 0)."""
     import numpy as np
 
-    from converter.engine import load_into
     from converter.parity import channels_last, make_video
     from converter.synthetic import synthetic_state_dict
     from converter.variants import arch_config
-    from converter.videomae_rules import rules_for
-    from pt_reference import build_reference
-    from tf_models import build_model, export_saved_model
 
     cfg = arch_config(variant)
     state = synthetic_state_dict(cfg, seed=0)
     video = make_video(cfg, 1, seed=0)
-    x_pt, x_tf = torch.from_numpy(video), tf.constant(channels_last(video))
+    if side == "pt":
+        torch = frameworks.load_torch()
+        from pt_reference import build_reference
 
-    def torch_path(use_sdpa):
-        ref = build_reference(cfg, use_sdpa=use_sdpa)
-        ref.load_state_dict(state, strict=True)
+        x = torch.from_numpy(video)
 
-        def run():
+        def load(use_sdpa):
+            model = build_reference(cfg, use_sdpa=use_sdpa)
+            model.load_state_dict(state, strict=True)
+            return model
+
+        def run(model):
             with torch.inference_mode():
-                return ref(x_pt).numpy()
-        return run
+                return model(x).numpy()
+        eager, sdpa = load(False), load(True)
+        return {"pytorch eager": lambda: run(eager), "pytorch sdpa": lambda: run(sdpa),
+                "_threads": torch.get_num_threads()}
+    torch, tf, keras = frameworks.load()
+    from converter.engine import load_into
+    from converter.videomae_rules import rules_for
+    from tf_models import build_model, export_saved_model
 
     model = build_model(cfg)
     load_into(model, {k: v.numpy() for k, v in state.items()}, rules_for("ft"))
-    graph = tf.function(lambda v: model(v, training=False))
-    xla = tf.function(lambda v: model(v, training=False), jit_compile=True)
+    x = tf.constant(channels_last(video))
+    graph = tf.function(lambda v: model(v, training=False), autograph=False)
+    xla = tf.function(lambda v: model(v, training=False), jit_compile=True, autograph=False)
     saved_dir = tempfile.mkdtemp(prefix="bench-savedmodel-")
     export_saved_model(model, saved_dir)
     saved = tf.saved_model.load(saved_dir)
-    paths = {
-        "keras eager": lambda: model(x_tf, training=False).numpy(),
-        "tf.function": lambda: graph(x_tf).numpy(),
-        "tf.function xla": lambda: xla(x_tf).numpy(),
-        "savedmodel": lambda: saved.serve(x_tf).numpy(),
-        "pytorch eager": torch_path(False),
-        "pytorch sdpa": torch_path(True),
-    }
-    del state
-    names = list(paths)
-    outputs = {name: paths[name]() for name in names}  # first call: traces, compiles
+    shutil.rmtree(saved_dir)  # loaded: the files are no longer needed
+    return {"keras eager": lambda: model(x, training=False).numpy(), "tf.function": lambda: graph(x).numpy(),
+            "tf.function xla": lambda: xla(x).numpy(), "savedmodel": lambda: saved.serve(x).numpy(),
+            "_threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}
+
+
+def _worker(conn, side: str, variant: str, warmup: int) -> None:
+    """One framework in a process of its own, so neither runs beside the other's thread pools
+    and caches: builds its paths, answers each path name with the seconds one call took."""
+    paths = _paths(side, variant)
+    threads = paths.pop("_threads")
+    outputs = {name: fn() for name, fn in paths.items()}  # the first call traces and compiles
     for _ in range(warmup - 1):
-        for name in names:
-            paths[name]()
+        for fn in paths.values():
+            fn()
+    conn.send((outputs, threads))
+    while (name := conn.recv()) is not None:
+        start = time.perf_counter()
+        paths[name]()
+        conn.send(time.perf_counter() - start)
+
+
+def latency(variant: str, runs: int, warmup: int, pause: float) -> dict:
+    """Both frameworks' workers take turns, one call at a time, path order rotating per round."""
+    import multiprocessing
+
+    import numpy as np
+
+    ctx = multiprocessing.get_context("spawn")
+    conn_of, outputs, threads, procs = {}, {}, {}, []
+    for side in ("pt", "tf"):  # started one after the other, so that neither warms up under the other
+        conn, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(child, side, variant, warmup), daemon=True)
+        proc.start()
+        outs, threads[side] = conn.recv()
+        outputs.update(outs)
+        conn_of.update(dict.fromkeys(outs, conn))
+        procs.append((conn, proc))
+    names = list(TF_PATHS + PT_PATHS)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(runs):
         for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
-            time.sleep(pause)  # let the other framework's worker threads go idle
-            start = time.perf_counter()
-            paths[name]()
-            times[name].append(time.perf_counter() - start)
-    shutil.rmtree(saved_dir, ignore_errors=True)
+            time.sleep(pause)  # the previous call's worker threads go idle
+            conn_of[name].send(name)
+            times[name].append(conn_of[name].recv())
+    for conn, proc in procs:
+        conn.send(None)
+        proc.join()
     median = {n: statistics.median(t) for n, t in times.items()}
     best_tf = min(TF_PATHS, key=median.get)
     best_pt = min(PT_PATHS, key=median.get)
@@ -123,8 +158,9 @@ def latency(variant: str, runs: int, warmup: int, pause: float) -> dict:
         "best_tf": best_tf,
         "best_pt": best_pt,
         "ratio_best_tf_to_best_pt": round(median[best_tf] / median[best_pt], 3),
-        "threads": {"torch": torch.get_num_threads(),
-                    "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()},
+        "ratio_of_minima": round(min(min(times[n]) for n in TF_PATHS) / min(min(times[n]) for n in PT_PATHS), 3),
+        "threads": {"torch": threads["pt"], "tf_intra_op": threads["tf"]},
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
