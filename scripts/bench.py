@@ -5,8 +5,10 @@ Everything is measured side by side in one run, because absolute times drift bet
 
 1. Latency per clip [1, 16, 224, 224, 3] (synthetic weights, all paths hold the same ones):
    Keras eager, tf.function, tf.function(jit_compile=True), the reloaded SavedModel, PyTorch
-   eager and PyTorch with scaled_dot_product_attention. The paths take turns round after
-   round (a slow spell hits all of them alike); each figure is the median of its rounds.
+   eager and PyTorch with scaled_dot_product_attention. Each framework runs in a process of
+   its own (in one process, either slows the other down); the paths take turns, one call at a
+   time, round after round, so a slow spell hits all of them alike; each figure is the median
+   of its rounds.
 2. Conversion cost: `vmae-convert --synthetic` per variant in a fresh process, its wall time
    split into the pipeline's phases (from the parity report), and its peak resident memory
    (the kernel's ru_maxrss of that one child), plus the peak seen within each phase.
@@ -170,9 +172,13 @@ _LINE = re.compile(r"^\[\s*[\d.]+s\] (.+?) (\.\.\.|done in [\d.]+s)$")
 
 
 def parameter_bytes(variant: str) -> int:
+    """float32 bytes of the official model's parameters, counted on the meta device (no memory)."""
+    torch = frameworks.load_torch()
     from converter.variants import arch_config
+    from pt_reference import build_reference
 
-    return 4 * arch_config(variant).num_params  # float32
+    with torch.device("meta"):
+        return 4 * sum(p.numel() for p in build_reference(arch_config(variant)).parameters())
 
 
 def conversion(variant: str, workdir: Path, extra_args: list[str]) -> dict:
