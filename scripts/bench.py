@@ -181,8 +181,9 @@ def parameter_bytes(variant: str) -> int:
         return 4 * sum(p.numel() for p in build_reference(arch_config(variant)).parameters())
 
 
-def conversion(variant: str, workdir: Path, extra_args: list[str]) -> dict:
-    """One `vmae-convert --synthetic` in a fresh process: wall time, phases, peak memory."""
+def conversion(variant: str, workdir: Path, extra_args: list[str], rss_limit: float) -> dict:
+    """One `vmae-convert --synthetic` in a fresh process: wall time, phases, peak memory. A run
+    that goes past `rss_limit` bytes is stopped, so that it cannot take the machine down."""
     import psutil
 
     out = workdir / f"convert-{variant}"
@@ -193,7 +194,7 @@ def conversion(variant: str, workdir: Path, extra_args: list[str]) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=ROOT)
-    phase, phase_peak, done = ["startup"], {"startup": 0}, threading.Event()
+    phase, phase_peak, done, stopped = ["startup"], {"startup": 0}, threading.Event(), []
 
     def sample():  # the peak within each phase: sampled, so a lower bound of the true peak
         p = psutil.Process(proc.pid)
@@ -203,6 +204,9 @@ def conversion(variant: str, workdir: Path, extra_args: list[str]) -> dict:
             except psutil.Error:
                 break
             phase_peak[phase[0]] = max(phase_peak.get(phase[0], 0), rss)
+            if rss > rss_limit:
+                stopped.append(phase[0])
+                proc.kill()
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -244,11 +248,18 @@ def conversion(variant: str, workdir: Path, extra_args: list[str]) -> dict:
         "target_rss_gib": round(target / GIB, 2),
         "within_target": peak <= target,
         "max_abs": {g: c.get("max_abs") for g, c in report.get("checks", {}).items()},
+        "stopped_over_rss_limit_in": stopped[0] if stopped else None,
         "log_tail": log[-5:] if proc.returncode else [],
     }
 
 
 # ---------------------------------------------------------------------------------------- report
+
+def _outcome(c: dict) -> str:
+    if c.get("stopped_over_rss_limit_in"):
+        return f"stopped past the RSS limit, in {c['stopped_over_rss_limit_in']}"
+    return "pass" if c["passed"] else f"FAIL (exit {c['exit_code']})"
+
 
 def markdown(result: dict) -> str:
     m = result["machine"]
@@ -276,7 +287,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| ViT-{c['variant']} | {c['param_bytes'] / 1e9:.2f} GB | {c['wall_s']:.0f} s | "
                          f"{c['peak_rss_gib']:.2f} GiB | {c['target_rss_gib']:.2f} GiB | "
                          f"{'yes' if c['within_target'] else '**no**'} | "
-                         f"{'pass' if c['passed'] else 'FAIL (exit %s)' % c['exit_code']} |")
+                         f"{_outcome(c)} |")
         phases = list(dict.fromkeys(p for c in conv for p in c["phases_s"]))
         lines += ["", "Where the time goes, seconds per phase (peak RSS sampled within the phase, GiB):", "",
                   "| phase | " + " | ".join(f"ViT-{c['variant']}" for c in conv) + " |",
@@ -302,6 +313,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-convert", action="store_true")
     ap.add_argument("--convert-args", default="", help="extra vmae-convert arguments, e.g. '--no-xla'")
+    ap.add_argument("--rss-limit-gib", type=float, default=20.0,
+                    help="stop a conversion whose resident memory goes past this (protects the machine)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -321,7 +334,7 @@ def main(argv=None) -> int:
     if not args.skip_convert:
         for v in filter(None, args.convert_variants.split(",")):
             print(f"converting ViT-{v} ...", file=sys.stderr, flush=True)
-            c = conversion(v.strip().upper(), out, args.convert_args.split())
+            c = conversion(v.strip().upper(), out, args.convert_args.split(), args.rss_limit_gib * GIB)
             result["conversion"].append(c)
             print(f"  {c['wall_s']:.1f}s, peak {c['peak_rss_gib']:.2f} GiB (target {c['target_rss_gib']:.2f}), "
                   f"passed={c['passed']}", file=sys.stderr, flush=True)
