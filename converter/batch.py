@@ -72,10 +72,21 @@ def verify_record(output_dir: Path, record: dict | None) -> str | None:
     return None if record.get("artifacts") else "no artifacts recorded"
 
 
-def estimated_peak_bytes(entry: Entry, float64: bool) -> int:
-    """Rough peak of one conversion: float32 copies held at once, plus float64 models."""
-    params = arch_config(entry.variant, entry.dataset, entry.stage).num_params
-    return int(params * 4 * (3 + (4 if float64 else 0)) + FRAMEWORK_BASELINE)
+def estimated_peak_bytes(entry: Entry, float64: bool, batch: int = 1) -> int:
+    """Rough peak of one conversion, on the safe side: three float32 copies of the weights (the
+    checkpoint, the Keras variables, a reload being checked), the frameworks themselves, and one
+    forward's activations per clip. The float64 check computes from the float32 weights, so it
+    costs activations only; its attention scores dominate (about 1.2 GiB per clip measured at ViT-H)."""
+    cfg = arch_config(entry.variant, entry.dataset, entry.stage)
+    return int(cfg.num_params * 4 * 3 + FRAMEWORK_BASELINE + max(batch, 1) * activation_bytes(cfg, float64))
+
+
+def activation_bytes(cfg, float64: bool) -> int:
+    """One clip's largest live activations in one block: attention scores, their softmax and
+    the attention-weighted values (three heads x tokens x tokens buffers), plus the MLP's hidden layer."""
+    itemsize = 8 if float64 else 4
+    tokens = cfg.num_patches
+    return itemsize * (3 * cfg.num_heads * tokens * tokens + 2 * tokens * cfg.mlp_dim)
 
 
 class MemoryBudget:
@@ -136,7 +147,7 @@ def run_batch(entries: list[Entry], output_dir, synthetic: bool = False, jobs: i
     started = time.perf_counter()
 
     def one(entry: Entry) -> None:
-        need = estimated_peak_bytes(entry, options.get("float64", True))
+        need = estimated_peak_bytes(entry, options.get("float64", True), options.get("batch") or 1)
         budget.acquire(need)
         try:
             log_path = output_dir / "logs" / f"{entry.artifact}.log"

@@ -37,6 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# torch.profiler (--profile) would otherwise log an error per process for the GPU it does not find
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+
 from converter import frameworks  # noqa: E402  (torch before tensorflow, see frameworks.py)
 
 GIB = 2**30
@@ -107,7 +110,8 @@ def _paths(side: str, variant: str) -> dict:
 
 def _worker(conn, side: str, variant: str, warmup: int) -> None:
     """One framework in a process of its own, so neither runs beside the other's thread pools
-    and caches: builds its paths, answers each path name with the seconds one call took."""
+    and caches: builds its paths, answers each path name with the seconds one call took, and
+    ("profile", name) with that path's op profile."""
     paths = _paths(side, variant)
     threads = paths.pop("_threads")
     outputs = {name: fn() for name, fn in paths.items()}  # the first call traces and compiles
@@ -115,13 +119,112 @@ def _worker(conn, side: str, variant: str, warmup: int) -> None:
         for fn in paths.values():
             fn()
     conn.send((outputs, threads))
-    while (name := conn.recv()) is not None:
+    while (msg := conn.recv()) is not None:
+        if isinstance(msg, tuple):
+            conn.send(_profile(side, paths[msg[1]], variant))
+            continue
         start = time.perf_counter()
-        paths[name]()
+        paths[msg]()
         conn.send(time.perf_counter() - start)
 
 
-def latency(variant: str, runs: int, warmup: int, pause: float) -> dict:
+# ---------------------------------------------------------------------------------------- profile
+
+def dense_flops(variant: str) -> int:
+    """Multiply-adds x 2 of the classifier's dense layers (patch embedding, qkv, proj, MLP, head):
+    the part of a forward that runs as large matrix products in either framework."""
+    from converter.variants import arch_config
+
+    c = arch_config(variant)
+    n, d = c.num_patches, c.embed_dim
+    per_block = d * 3 * d + d * d + 2 * d * c.mlp_dim
+    return 2 * (n * c.depth * per_block + n * c.patch_pixels * d + d * c.num_classes)
+
+
+def attention_flops(variant: str) -> int:
+    """q @ k^T and weights @ v, all heads and blocks."""
+    from converter.variants import arch_config
+
+    c = arch_config(variant)
+    return 2 * 2 * c.depth * c.num_patches**2 * c.embed_dim
+
+
+def _matmul_rate(side: str, variant: str) -> float:
+    """GFLOPS of this framework's best dense product at the model's MLP shape, float32."""
+    from converter.variants import arch_config
+
+    c = arch_config(variant)
+    m, k, n = c.num_patches, c.embed_dim, c.mlp_dim
+    if side == "pt":
+        torch = frameworks.load_torch()
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        run = lambda: a @ b  # noqa: E731
+    else:
+        _, tf, _ = frameworks.load()
+        a, b = tf.random.normal((m, k)), tf.random.normal((k, n))
+        fn = tf.function(lambda a, b: tf.matmul(a, b))
+        run = lambda: fn(a, b).numpy()  # noqa: E731
+    best = float("inf")
+    for _ in range(7):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best / 1e9
+
+
+def _profile(side: str, fn, variant: str, top: int = 10) -> dict:
+    """One call of `fn` under the framework's own profiler: time per op type, summed over the
+    threads that ran ops (so it can exceed the wall time when ops overlap)."""
+    start = time.perf_counter()
+    if side == "pt":
+        torch = frameworks.load_torch()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+        wall = time.perf_counter() - start
+        ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    else:
+        ops, wall = _tf_op_times(fn)
+    ranked = sorted(ops.items(), key=lambda kv: -kv[1])
+    return {"wall_s": round(wall, 3), "ops_s": {k: round(v, 4) for k, v in ranked[:top]},
+            "other_ops_s": round(sum(v for _, v in ranked[top:]), 4),
+            "dense_matmul_gflops": round(_matmul_rate(side, variant), 1)}
+
+
+def _tf_op_times(fn) -> tuple[dict, float]:
+    _, tf, _ = frameworks.load()
+    try:
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    except ImportError:  # not in every tensorflow build: no op breakdown, the wall time still counts
+        start = time.perf_counter()
+        fn()
+        return {}, time.perf_counter() - start
+    logdir = tempfile.mkdtemp(prefix="bench-profile-")
+    try:
+        tf.profiler.experimental.start(logdir)
+        start = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - start
+        tf.profiler.experimental.stop()
+        ops: dict[str, float] = {}
+        for path in Path(logdir).rglob("*.xplane.pb"):
+            space = xplane_pb2.XSpace()
+            space.ParseFromString(path.read_bytes())
+            for plane in space.planes:
+                for line in plane.lines:
+                    if not line.name.startswith("tf_Compute"):  # executor threads: one event per op run
+                        continue
+                    for event in line.events:
+                        name = plane.event_metadata[event.metadata_id].name
+                        kind = name.rsplit(":", 1)[-1]
+                        if ":" not in name or kind == "Process":  # the executor's wrappers, not ops
+                            continue
+                        ops[kind] = ops.get(kind, 0.0) + event.duration_ps / 1e12
+        return ops, wall
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+def latency(variant: str, runs: int, warmup: int, pause: float, profile: bool = False) -> dict:
     """Both frameworks' workers take turns, one call at a time, path order rotating per round."""
     import multiprocessing
 
@@ -144,6 +247,11 @@ def latency(variant: str, runs: int, warmup: int, pause: float) -> dict:
             time.sleep(pause)  # the previous call's worker threads go idle
             conn_of[name].send(name)
             times[name].append(conn_of[name].recv())
+    profiles = {}
+    if profile:  # after the timed rounds: a profiler's overhead must not count in them
+        for name in ("tf.function", "pytorch sdpa"):
+            conn_of[name].send(("profile", name))
+            profiles[name] = conn_of[name].recv()
     for conn, proc in procs:
         conn.send(None)
         proc.join()
@@ -163,6 +271,9 @@ def latency(variant: str, runs: int, warmup: int, pause: float) -> dict:
         "ratio_of_minima": round(min(min(times[n]) for n in TF_PATHS) / min(min(times[n]) for n in PT_PATHS), 3),
         "threads": {"torch": threads["pt"], "tf_intra_op": threads["tf"]},
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "profile": profiles or None,
+        "dense_gflop": round(dense_flops(variant) / 1e9, 1),
+        "attention_gflop": round(attention_flops(variant) / 1e9, 1),
     }
 
 
@@ -261,6 +372,21 @@ def _outcome(c: dict) -> str:
     return "pass" if c["passed"] else f"FAIL (exit {c['exit_code']})"
 
 
+def profile_markdown(r: dict) -> list[str]:
+    """Where one call's time goes, per op type, with the dense-matmul floor each framework's own
+    product rate implies: what no rewrite of the rest of the model can go below."""
+    lines = [f"Profile of one ViT-{r['variant']} call ({r['dense_gflop']:.0f} GFLOP in dense layers, "
+             f"{r['attention_gflop']:.0f} GFLOP in attention products), seconds per op type summed over "
+             "the threads that ran ops:", ""]
+    for name, p in r["profile"].items():
+        floor = r["dense_gflop"] / p["dense_matmul_gflops"]
+        ops = ", ".join(f"{k} {v:.2f}" for k, v in p["ops_s"].items())
+        lines.append(f"- **{name}**: {p['wall_s']:.2f} s for the call; dense products at "
+                     f"{p['dense_matmul_gflops']:.0f} GFLOPS take {floor:.2f} s of it at best. "
+                     f"By op: {ops}, the rest {p['other_ops_s']:.2f}.")
+    return lines + [""]
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"Benchmark of {result['created']} on {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM "
@@ -278,6 +404,9 @@ def markdown(result: dict) -> str:
                      for n in TF_PATHS + PT_PATHS]
             lines.append(f"| ViT-{r['variant']} | " + " | ".join(cells) + f" | **{r['ratio_best_tf_to_best_pt']:.2f}x** |")
         lines.append("")
+        for r in result["latency"]:
+            if r.get("profile"):
+                lines += profile_markdown(r)
     if result.get("conversion"):
         conv = result["conversion"]
         lines += ["Conversion (`vmae-convert --synthetic`, fresh process each): wall time, peak resident memory "
@@ -311,6 +440,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pause", type=float, default=0.2, help="seconds of rest before each timed call")
     ap.add_argument("--out", default="bench", help="folder for bench.json and bench.md")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the latency rounds, profile one call of tf.function and of PyTorch SDPA per op type")
     ap.add_argument("--skip-convert", action="store_true")
     ap.add_argument("--convert-args", default="", help="extra vmae-convert arguments, e.g. '--no-xla'")
     ap.add_argument("--rss-limit-gib", type=float, default=20.0,
@@ -342,7 +473,7 @@ def main(argv=None) -> int:
     if not args.skip_latency:
         for v in filter(None, args.variants.split(",")):
             print(f"latency ViT-{v} ...", file=sys.stderr, flush=True)
-            r = latency(v.strip().upper(), args.runs, args.warmup, args.pause)
+            r = latency(v.strip().upper(), args.runs, args.warmup, args.pause, args.profile)
             result["latency"].append(r)
             print(f"  {r['median_s']} ratio {r['ratio_best_tf_to_best_pt']}", file=sys.stderr, flush=True)
             save()

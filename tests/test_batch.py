@@ -121,6 +121,18 @@ def test_memory_budget_estimate_covers_the_weights_copies(entries):
     assert batch.estimated_peak_bytes(h, float64=False) >= 3 * h_weights
     assert batch.estimated_peak_bytes(entries[0], float64=False) < batch.estimated_peak_bytes(h, float64=False)
     assert batch.estimated_peak_bytes(h, float64=True) > batch.estimated_peak_bytes(h, float64=False)
+    # each clip of a larger --batch adds its own activations
+    one, four = batch.estimated_peak_bytes(h, True, batch=1), batch.estimated_peak_bytes(h, True, batch=4)
+    assert four - one == 3 * batch.activation_bytes(arch_config("H", "k400", "ft"), float64=True) > 0
+
+
+def test_memory_estimate_is_above_the_measured_peaks():
+    # Peaks measured by scripts/bench.py on the 2-core machine (float64 on, batch 1): the budget
+    # must not let two conversions start that together overrun the machine.
+    measured_gib = {"S": 1.66, "B": 2.18, "L": 3.95, "H": 6.60}
+    for variant, gib in measured_gib.items():
+        entry = next(e for e in load_registry() if e.variant == variant and e.stage == "ft")
+        assert batch.estimated_peak_bytes(entry, float64=True) >= gib * 2**30, variant
 
 
 def test_memory_budget_runs_jobs_only_while_they_fit():
