@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import frameworks
-from .errors import CheckpointError, MappingError, VariantMismatchError
+from .errors import CheckpointError, MappingError, VariantMismatchError, first_line
 from .variants import (
     ArchConfig,
     arch_config,
@@ -152,13 +152,8 @@ def _sniff(path: Path) -> str:
                     pass
         except Exception as err:
             raise CheckpointError(f"{path} is truncated or corrupt (its pickled header ends early or is "
-                                  f"damaged: {_first_line(err)}): {_REDOWNLOAD}") from None
+                                  f"damaged: {first_line(err)}): {_REDOWNLOAD}") from None
     return "legacy"
-
-
-def _first_line(err: BaseException, limit: int = 160) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:limit] if text else type(err).__name__
 
 
 def read_checkpoint(path) -> LoadedCheckpoint:
@@ -179,12 +174,12 @@ def read_checkpoint(path) -> LoadedCheckpoint:
         # The weights-only unpickler refused an import or an opcode: code, or objects that are not weights.
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f"it would import {found.group(1)} when unpickled" if found else (
-            f"its pickle holds more than plain weights ({_first_line(err, 80)})")
+            f"its pickle holds more than plain weights ({first_line(err, 80)})")
         raise CheckpointError(f"refusing to load {path}: {what}; nothing in it was run. Only plain weight "
                               f"files are loaded: use the official checkpoint") from None
     except Exception as err:  # torch on a damaged file: RuntimeError, EOFError, KeyError, IndexError, ...
         raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint (truncated or corrupt: "
-                              f"{_first_line(err)}): {_REDOWNLOAD}") from None
+                              f"{first_line(err)}): {_REDOWNLOAD}") from None
     return unwrap(obj, str(path))
 
 

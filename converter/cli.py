@@ -195,19 +195,19 @@ def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, 
         return ctx.get_parameter_source(param) != click.core.ParameterSource.DEFAULT
 
     def run() -> int:
-        from .registry import filter_entries, find_entry, format_table, load_registry
+        from .registry import entry_named, find_entry, format_table, load_registry
 
         if list_:
             click.echo(format_table(load_registry()))
             return 0
         if all_:
-            return _run_all(load_registry(), filter_entries, explicit)
+            return _run_all(load_registry())
         entry = None
         if not checkpoint and not synthetic:
             from .download import fetch_checkpoint
 
             registry = load_registry()
-            entry = (_entry_by_name(registry, registry_entry) if registry_entry
+            entry = (entry_named(registry, registry_entry) if registry_entry
                      else find_entry(registry, variant, dataset, stage, epochs))
             progress(f"checkpoint: {entry.name} ({entry.source}); cache {entry.sha256 and 'verified' or 'unverified'}")
             path = fetch_checkpoint(entry, progress=not quiet)
@@ -234,9 +234,9 @@ def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, 
             click.echo(f"  recorded sha256 of {entry.name} in checkpoints.yaml (first verified parity run)")
         return 0
 
-    def _run_all(registry, filter_entries, explicit) -> int:
+    def _run_all(registry) -> int:
         from .batch import run_batch
-        from .registry import shard as take_shard
+        from .registry import filter_entries, shard as take_shard
 
         entries = filter_entries(registry, variant=variant if explicit("variant") else None,
                                  dataset=dataset if explicit("dataset") else None,
@@ -258,13 +258,6 @@ def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, 
         return 0
 
     guarded(run, debug)
-
-
-def _entry_by_name(registry, wanted: str):
-    for entry in registry:
-        if entry.name == wanted:
-            return entry
-    raise VMAEError(f"no checkpoints.yaml entry named {wanted!r}; see vmae-convert --list")
 
 
 if __name__ == "__main__":

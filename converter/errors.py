@@ -6,6 +6,12 @@ shown only with --debug. Anything else escaping is a bug in this project.
 from __future__ import annotations
 
 
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of a foreign exception's message, cut to `limit`, for quoting in ours."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 class VMAEError(Exception):
     """Base class; str(err) is the one-line message shown to users."""
 

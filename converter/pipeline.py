@@ -26,7 +26,7 @@ import numpy as np
 from . import __version__, frameworks
 from .checkpoint import LoadedCheckpoint, config_for, read_checkpoint
 from .engine import check_official, load_into
-from .errors import ExportError, MappingError, ParityError, VMAEError
+from .errors import ExportError, MappingError, ParityError, VMAEError, first_line
 from .export import (Staging, check_writable, describe_os_error, save_weights_h5, sha256_file, write_atomic,
                      zip_folder)
 from .masking import tube_mask
@@ -170,13 +170,8 @@ def check_official_keys(tensors: dict, cfg: ArchConfig) -> None:
             official = {k: tuple(t.shape) for k, t in build_reference(cfg).state_dict().items()}
     except (ValueError, RuntimeError, AssertionError, ZeroDivisionError) as err:
         raise MappingError(f"the checkpoint describes no VideoMAE that can be built (width {cfg.embed_dim}, "
-                           f"depth {cfg.depth}, {cfg.num_heads} heads): {_one_line(err)}") from None
+                           f"depth {cfg.depth}, {cfg.num_heads} heads): {first_line(err, 200)}") from None
     check_official({k: tuple(v.shape) for k, v in tensors.items()}, official)
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 @contextlib.contextmanager

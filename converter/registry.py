@@ -274,6 +274,13 @@ def filter_entries(entries, variant=None, dataset=None, stage=None, release_only
     ]
 
 
+def entry_named(entries, name: str, source="checkpoints.yaml") -> Entry:
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    raise RegistryError(f"no entry named {name!r} in {source}; see vmae-convert --list")
+
+
 def find_entry(entries, variant, dataset, stage, epochs=None) -> Entry:
     """One entry: the given epochs, else the release entry, else the longest-trained one."""
     variant, dataset, stage = _normalise(variant, dataset, stage)
@@ -338,8 +345,7 @@ def record_sha256(path, name: str, sha: str) -> Entry:
     sha = str(sha).lower()
     if not _SHA256.fullmatch(sha):
         raise RegistryError(f"cannot record sha256 {sha!r} for {name!r}: it must be 64 hex digits")
-    if not any(e.name == name for e in load_registry(path)):
-        raise RegistryError(f"no entry named {name!r} in {path}; see vmae-convert --list")
+    entry_named(load_registry(path), name, path)
 
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)

@@ -41,9 +41,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 from converter import frameworks  # noqa: E402  (torch before tensorflow, see frameworks.py)
+from converter.batch import FRAMEWORK_BASELINE, GIB  # noqa: E402  (the issue's allowance for the frameworks)
 
-GIB = 2**30
-FRAMEWORK_BASELINE = 1.5 * GIB  # the issue's allowance for torch + tensorflow themselves
 TF_PATHS = ("keras eager", "tf.function", "tf.function xla", "savedmodel")
 PT_PATHS = ("pytorch eager", "pytorch sdpa")
 
@@ -74,19 +73,15 @@ def _paths(side: str, variant: str) -> dict:
     video = make_video(cfg, 1, seed=0)
     if side == "pt":
         torch = frameworks.load_torch()
-        from pt_reference import build_reference
+        from pt_reference import load_reference
 
         x = torch.from_numpy(video)
-
-        def load(use_sdpa):
-            model = build_reference(cfg, use_sdpa=use_sdpa)
-            model.load_state_dict(state, strict=True)
-            return model
 
         def run(model):
             with torch.inference_mode():
                 return model(x).numpy()
-        eager, sdpa = load(False), load(True)
+        # Both hold the same (read-only) weight tensors.
+        eager, sdpa = load_reference(cfg, state, use_sdpa=False), load_reference(cfg, state, use_sdpa=True)
         return {"pytorch eager": lambda: run(eager), "pytorch sdpa": lambda: run(sdpa),
                 "_threads": torch.get_num_threads()}
     torch, tf, keras = frameworks.load()
@@ -283,13 +278,10 @@ _LINE = re.compile(r"^\[\s*[\d.]+s\] (.+?) (\.\.\.|done in [\d.]+s)$")
 
 
 def parameter_bytes(variant: str) -> int:
-    """float32 bytes of the official model's parameters, counted on the meta device (no memory)."""
-    torch = frameworks.load_torch()
+    """float32 bytes of the official model's parameters."""
     from converter.variants import arch_config
-    from pt_reference import build_reference
 
-    with torch.device("meta"):
-        return 4 * sum(p.numel() for p in build_reference(arch_config(variant)).parameters())
+    return 4 * arch_config(variant).num_params
 
 
 def conversion(variant: str, workdir: Path, extra_args: list[str], rss_limit: float) -> dict:
