@@ -9,7 +9,6 @@ record, killed run, corrupted file) is converted again.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile

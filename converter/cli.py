@@ -5,7 +5,6 @@ Every failure a user can cause ends in one `error:` line and a non-zero exit
 """
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import Callable
 
 import click
 
+from . import interrupts
 from .errors import VMAEError
 from .variants import DATASETS, VARIANTS
 
@@ -20,59 +20,41 @@ EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM exits 143
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM, raised like Ctrl-C so every `with` on the way out (the staging
-    folder above all) cleans up before the process exits."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def signals_as_interrupts():
-    """SIGTERM (kill, timeout, a scheduler) would otherwise end Python at once, leaving the
-    staging folder; SIGINT gets the same handler so both name themselves. A signal the parent
-    set to be ignored (a background job's SIGINT) stays ignored."""
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) in (signal.SIG_IGN, None):
-            continue
-        with contextlib.suppress(ValueError):  # not the main thread: leave the defaults
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def guarded(action: Callable[[], int | None], debug: bool = False) -> None:
     """Run `action` as the CLI does and exit: every failure ends in one `error:` line and a
-    non-zero code, a traceback only with --debug. `action` returns an exit code or None."""
+    non-zero code, a traceback only with --debug. `action` returns an exit code or None.
+
+    After a signal, whatever exception comes out is the interruption, whatever a library made
+    of it on the way (see `interrupts`)."""
+    signals = interrupts.Signals()  # replaced by the run's own as soon as it starts
     try:
-        with signals_as_interrupts():
+        with interrupts.signals_as_interrupts() as signals:
             code = action()
-    except VMAEError as err:
+    except (Exception, KeyboardInterrupt) as err:
+        if not debug:
+            interrupts.quiet_libraries()
+        signum = signals.received or getattr(err, "signum", None)
+        if signum is None and isinstance(err, KeyboardInterrupt):
+            signum = signal.SIGINT
+        if signum is not None:
+            if debug and not isinstance(err, KeyboardInterrupt):
+                raise
+            click.echo(f"error: interrupted by {signal.Signals(signum).name} before the conversion finished; "
+                       "partial files were removed: run the command again", err=True)
+            sys.exit(128 + signum)
         if debug:
             raise
-        click.echo("error: " + " ".join(str(err).split("\n")), err=True)  # one line, whatever the message holds
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt as err:
-        signum = getattr(err, "signum", signal.SIGINT)
-        click.echo(f"error: interrupted by {signal.Signals(signum).name} before the conversion finished; "
-                   "partial files were removed: run the command again", err=True)
-        sys.exit(128 + signum)
-    except Exception as err:  # a bug of ours: say so in one line, keep the trace for --debug
-        if debug:
-            raise
+        if isinstance(err, VMAEError):
+            click.echo("error: " + " ".join(str(err).split("\n")), err=True)  # one line, whatever the message holds
+            sys.exit(err.exit_code)
+        # a bug of ours: say so in one line, keep the trace for --debug
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
         click.echo(f"error: internal error {type(err).__name__}: {first} (rerun with --debug for the traceback)",
                    err=True)
         sys.exit(EXIT_INTERNAL)
+    if signals.received is not None:  # held while the artifacts were published, or lost after
+        click.echo(f"note: {signal.Signals(signals.received).name} arrived as the run was ending; "
+                   "it ran to its end and what it reported stands", err=True)
     sys.exit(code or 0)
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, frameworks
+from . import __version__, frameworks, interrupts
 from .checkpoint import LoadedCheckpoint, config_for, read_checkpoint
 from .engine import check_official, load_into
 from .errors import ExportError, MappingError, ParityError, VMAEError, first_line
@@ -71,9 +71,11 @@ class Phases:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        interrupts.check()  # each boundary is a point where a lost signal still stops the run
         self.progress(f"{name} ...")
         start = time.perf_counter()
         yield
+        interrupts.check()
         _trim_heap()  # a phase's freed activations must not stay resident into the next one
         self.seconds[name] = round(time.perf_counter() - start, 3)
         self.progress(f"{name} done in {self.seconds[name]:.1f}s")
@@ -260,7 +262,7 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
             pt64 = reference_fn(video, mask, "float64")
 
     with phases("import tensorflow"):
-        torch, tf, keras = frameworks.load()
+        torch, tf, _ = frameworks.load()
     from tf_models import export_saved_model, float64_compute as keras_float64
 
     rules = rules_for(cfg.is_pretrain and "pt" or "ft", opts.encoder_only)
@@ -296,58 +298,64 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
             checks["float64"]["gate"] = False  # informative: shows mapping exactness without fp32 noise
         del pt64
 
-    artifacts = {}
+    def make_report(artifacts: dict) -> dict:
+        return {
+            "artifact": name,
+            "passed": all(checks[g]["passed"] for g in GATES if g in checks),
+            "variant": opts.variant if opts.config is None else None,
+            "dataset": opts.dataset if opts.config is None else None,
+            "stage": opts.stage,
+            "encoder_only": opts.encoder_only,
+            "checkpoint": {
+                "path": str(ckpt_path),
+                "sha256": sha256_file(ckpt_path),
+                "size": ckpt_path.stat().st_size,
+                "container": loaded.container,
+                "synthetic": opts.synthetic,
+                "notes": loaded.notes,
+            },
+            "config": cfg.to_dict(),
+            "tensors_mapped": len(assignments),
+            "tensors_dropped": len(dropped),
+            "seed": opts.seed,
+            "batch": opts.batch,
+            "tolerance": {"rtol": opts.rtol, "atol": opts.atol},
+            "output_shape": list(pt_out.shape),
+            "output_std": float(np.std(pt_out)),
+            "checks": checks,
+            "localisation": localisation,
+            "artifacts": artifacts,
+            "timings": phases.seconds,
+            "wall_seconds": round(time.time() - started, 3),
+            "versions": versions(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+        }
+
+    report = None
     if checks["tf_vs_pt"]["passed"]:
         handed_over = [model]  # the export drops the model once written: the reloads take its place
         del model
-        artifacts = _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_out, pt_out,
-                                       checks, phases, export_saved_model, tf, keras)
+        report = _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_out, pt_out,
+                                    checks, phases, export_saved_model, tf, make_report)
     else:
         for gate in GATES[1:]:
             checks[gate] = {"passed": False, "skipped": True, "detail": "not run: the Keras model disagrees"}
-
-    passed = all(checks[g]["passed"] for g in GATES if g in checks)
-    report = {
-        "artifact": name,
-        "passed": passed,
-        "variant": opts.variant if opts.config is None else None,
-        "dataset": opts.dataset if opts.config is None else None,
-        "stage": opts.stage,
-        "encoder_only": opts.encoder_only,
-        "checkpoint": {
-            "path": str(ckpt_path),
-            "sha256": sha256_file(ckpt_path),
-            "size": ckpt_path.stat().st_size,
-            "container": loaded.container,
-            "synthetic": opts.synthetic,
-            "notes": loaded.notes,
-        },
-        "config": cfg.to_dict(),
-        "tensors_mapped": len(assignments),
-        "tensors_dropped": len(dropped),
-        "seed": opts.seed,
-        "batch": opts.batch,
-        "tolerance": {"rtol": opts.rtol, "atol": opts.atol},
-        "output_shape": list(pt_out.shape),
-        "output_std": float(np.std(pt_out)),
-        "checks": checks,
-        "localisation": localisation,
-        "artifacts": artifacts,
-        "timings": phases.seconds,
-        "wall_seconds": round(time.time() - started, 3),
-        "versions": versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / f"{name}.parity.json", json.dumps(report, indent=2).encode())
+    if report is None:  # a failed gate: the report alone, nothing published
+        report = make_report({})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(out_dir / f"{name}.parity.json", json.dumps(report, indent=2).encode())
+    passed = report["passed"]
     if check and not passed:
         raise ParityError(f"{name}: parity failed ({failed_summary(report)}); report in {out_dir / (name + '.parity.json')}")
     return report
 
 
 def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_out, pt_out, checks, phases,
-                       export_saved_model, tf, keras) -> dict:
+                       export_saved_model, tf, make_report) -> dict | None:
+    """Export into a staging folder, prove each export there, and when every gate passed publish
+    the exports with their report; returns that report, or None when a gate failed (nothing
+    published)."""
     model = handed_over.pop()
     h5, folder, zipped = f"{name}.weights.h5", name, f"{name}.zip"
     with Staging(out_dir, name) as st:
@@ -387,16 +395,25 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
         with phases("zip savedmodel"), _writing(out_dir / zipped, tf):
             zip_folder(st.path(folder), st.path(zipped))
         if not all(checks[g]["passed"] for g in GATES):
-            return {}
-        published = st.publish([h5, zipped, folder], stale=[out_dir / f"{name}.parity.json"])
-    artifacts = {}
-    for filename, path in published.items():
-        if path.is_dir():
-            artifacts[filename] = {"path": str(path), "kind": "savedmodel",
-                                   "size": sum(f.stat().st_size for f in path.rglob("*") if f.is_file())}
-        else:
-            artifacts[filename] = {"path": str(path), "size": path.stat().st_size, "sha256": sha256_file(path)}
-    return artifacts
+            return None
+        files = [h5, zipped, folder]
+        report = make_report({f: _describe_artifact(st.path(f), out_dir / f) for f in files})
+        report_file = f"{name}.parity.json"
+        with _writing(out_dir / report_file, tf):
+            st.path(report_file).write_bytes(json.dumps(report, indent=2).encode())
+        interrupts.check()
+        # The commit: a few renames, the report last. A signal now waits for it to end, so a
+        # run is either stopped with nothing published or finished with its report.
+        with interrupts.held():
+            st.publish([*files, report_file], stale=[out_dir / report_file])
+    return report
+
+
+def _describe_artifact(staged: Path, final: Path) -> dict:
+    if staged.is_dir():
+        return {"path": str(final), "kind": "savedmodel",
+                "size": sum(f.stat().st_size for f in staged.rglob("*") if f.is_file())}
+    return {"path": str(final), "size": staged.stat().st_size, "sha256": sha256_file(staged)}
 
 
 def failed_summary(report: dict) -> str:

@@ -62,8 +62,6 @@ def machine() -> dict:
 def _paths(side: str, variant: str) -> dict:
     """{path name: callable returning the logits} for one framework, on the same synthetic
     weights and clip in both (both are drawn from seed 0)."""
-    import numpy as np
-
     from converter.parity import channels_last, make_video
     from converter.synthetic import synthetic_state_dict
     from converter.variants import arch_config

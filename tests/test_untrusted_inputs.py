@@ -19,7 +19,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_FT, TINY_PT, run_cli, start_tiny_conversion
+from conftest import REPO, TINY_FT, run_cli, start_tiny_conversion
 
 from converter import export, pipeline
 from converter.checkpoint import config_for, read_checkpoint, unwrap
