@@ -20,7 +20,7 @@ from typing import Callable
 
 import psutil
 
-from .export import sha256_file, write_atomic
+from .export import sha256_file, tree_size, write_atomic
 from .registry import Entry
 from .variants import arch_config
 
@@ -41,8 +41,7 @@ def tree_sha256(folder: Path) -> str:
 
 def artifact_record(path: Path) -> dict:
     if path.is_dir():
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        return {"kind": "savedmodel", "size": size, "sha256": tree_sha256(path)}
+        return {"kind": "savedmodel", "size": tree_size(path), "sha256": tree_sha256(path)}
     return {"kind": "file", "size": path.stat().st_size, "sha256": sha256_file(path)}
 
 

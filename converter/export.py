@@ -31,6 +31,11 @@ def sha256_file(path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def tree_size(folder) -> int:
+    """Bytes in all the files under `folder` (a SavedModel)."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
 def describe_os_error(err: OSError, path) -> str:
     if err.errno == errno.ENOSPC:
         return f"no space left on the device while writing {path}: free some space or choose another --output-dir"

@@ -43,9 +43,7 @@ def quiet_libraries() -> None:
 
 def _handler(signum, frame):
     quiet_libraries()
-    run = _active
-    if run is None:  # between runs: behave like the default Ctrl-C
-        raise Interrupted(signum)
+    run = _active  # set for as long as this handler is installed
     if run.received is None:
         run.received = signum
     if not run.holding:

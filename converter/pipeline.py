@@ -27,8 +27,8 @@ from . import __version__, frameworks, interrupts
 from .checkpoint import LoadedCheckpoint, config_for, read_checkpoint
 from .engine import check_official, load_into
 from .errors import ExportError, MappingError, ParityError, VMAEError, first_line
-from .export import (Staging, check_writable, describe_os_error, save_weights_h5, sha256_file, write_atomic,
-                     zip_folder)
+from .export import (Staging, check_writable, describe_os_error, save_weights_h5, sha256_file, tree_size,
+                     write_atomic, zip_folder)
 from .masking import tube_mask
 from .parity import compare, describe_localisation, keras_inputs, localise, make_video, run_reference
 from .variants import ArchConfig, artifact_name, get_dataset, get_variant
@@ -411,8 +411,7 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
 
 def _describe_artifact(staged: Path, final: Path) -> dict:
     if staged.is_dir():
-        return {"path": str(final), "kind": "savedmodel",
-                "size": sum(f.stat().st_size for f in staged.rglob("*") if f.is_file())}
+        return {"path": str(final), "kind": "savedmodel", "size": tree_size(staged)}
     return {"path": str(final), "size": staged.stat().st_size, "sha256": sha256_file(staged)}
 
 

@@ -42,6 +42,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 from converter import frameworks  # noqa: E402  (torch before tensorflow, see frameworks.py)
 from converter.batch import FRAMEWORK_BASELINE, GIB  # noqa: E402  (the issue's allowance for the frameworks)
+from converter.variants import arch_config  # noqa: E402
 
 TF_PATHS = ("keras eager", "tf.function", "tf.function xla", "savedmodel")
 PT_PATHS = ("pytorch eager", "pytorch sdpa")
@@ -64,7 +65,6 @@ def _paths(side: str, variant: str) -> dict:
     weights and clip in both (both are drawn from seed 0)."""
     from converter.parity import channels_last, make_video
     from converter.synthetic import synthetic_state_dict
-    from converter.variants import arch_config
 
     cfg = arch_config(variant)
     state = synthetic_state_dict(cfg, seed=0)
@@ -126,8 +126,6 @@ def _worker(conn, side: str, variant: str, warmup: int) -> None:
 def dense_flops(variant: str) -> int:
     """Multiply-adds x 2 of the classifier's dense layers (patch embedding, qkv, proj, MLP, head):
     the part of a forward that runs as large matrix products in either framework."""
-    from converter.variants import arch_config
-
     c = arch_config(variant)
     n, d = c.num_patches, c.embed_dim
     per_block = d * 3 * d + d * d + 2 * d * c.mlp_dim
@@ -136,16 +134,12 @@ def dense_flops(variant: str) -> int:
 
 def attention_flops(variant: str) -> int:
     """q @ k^T and weights @ v, all heads and blocks."""
-    from converter.variants import arch_config
-
     c = arch_config(variant)
     return 2 * 2 * c.depth * c.num_patches**2 * c.embed_dim
 
 
 def _matmul_rate(side: str, variant: str) -> float:
     """GFLOPS of this framework's best dense product at the model's MLP shape, float32."""
-    from converter.variants import arch_config
-
     c = arch_config(variant)
     m, k, n = c.num_patches, c.embed_dim, c.mlp_dim
     if side == "pt":
@@ -277,8 +271,6 @@ _LINE = re.compile(r"^\[\s*[\d.]+s\] (.+?) (\.\.\.|done in [\d.]+s)$")
 
 def parameter_bytes(variant: str) -> int:
     """float32 bytes of the official model's parameters."""
-    from converter.variants import arch_config
-
     return 4 * arch_config(variant).num_params
 
 
