@@ -93,9 +93,11 @@ def _paths(side: str, variant: str) -> dict:
     graph = tf.function(lambda v: model(v, training=False), autograph=False)
     xla = tf.function(lambda v: model(v, training=False), jit_compile=True, autograph=False)
     saved_dir = tempfile.mkdtemp(prefix="bench-savedmodel-")
-    export_saved_model(model, saved_dir)
-    saved = tf.saved_model.load(saved_dir)
-    shutil.rmtree(saved_dir)  # loaded: the files are no longer needed
+    try:
+        export_saved_model(model, saved_dir)
+        saved = tf.saved_model.load(saved_dir)
+    finally:
+        shutil.rmtree(saved_dir, ignore_errors=True)  # loaded (or failed): the files are not needed
     return {"keras eager": lambda: model(x, training=False).numpy(), "tf.function": lambda: graph(x).numpy(),
             "tf.function xla": lambda: xla(x).numpy(), "savedmodel": lambda: saved.serve(x).numpy(),
             "_threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}
