@@ -164,9 +164,9 @@ def _matmul_rate(side: str, variant: str) -> float:
 def _profile(side: str, fn, variant: str, top: int = 10) -> dict:
     """One call of `fn` under the framework's own profiler: time per op type, summed over the
     threads that ran ops (so it can exceed the wall time when ops overlap)."""
-    start = time.perf_counter()
     if side == "pt":
         torch = frameworks.load_torch()
+        start = time.perf_counter()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             fn()
         wall = time.perf_counter() - start
