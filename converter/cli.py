@@ -12,7 +12,7 @@ from typing import Callable
 
 import click
 
-from . import interrupts
+from . import interrupts, native_stderr
 from .errors import VMAEError
 from .variants import DATASETS, VARIANTS
 
@@ -25,7 +25,10 @@ def guarded(action: Callable[[], int | None], debug: bool = False) -> None:
     non-zero code, a traceback only with --debug. `action` returns an exit code or None.
 
     After a signal, whatever exception comes out is the interruption, whatever a library made
-    of it on the way (see `interrupts`)."""
+    of it on the way (see `interrupts`). Native libraries' own stderr lines (tensorflow's start-up
+    lines on some CPUs) are kept off the terminal unless `debug` (see `native_stderr`)."""
+    if not debug:
+        native_stderr.hide_native_stderr()
     signals = interrupts.Signals()  # replaced by the run's own as soon as it starts
     try:
         with interrupts.signals_as_interrupts() as signals:
@@ -138,6 +141,12 @@ class OneLineUsageErrors(click.Command):
               help="Also compare both frameworks in float64 (reported, not gated).")
 @click.option("--xla/--no-xla", default=True, show_default=True,
               help="Also check the reloaded SavedModel under tf.function(jit_compile=True).")
+@click.option("--frames", "num_frames", type=int, default=None,
+              help="Export for clips of this many frames (a multiple of the tubelet, 2); default: the checkpoint's 16.")
+@click.option("--image-size", type=int, default=None,
+              help="Export for frames of this size (a multiple of the patch, 16); default: the checkpoint's 224.")
+@click.option("--tflite", is_flag=True,
+              help="Also write <name>.tflite (LiteRT, batch 1, builtin ops) and gate it against PyTorch.")
 @click.option("--epochs", type=int, default=None,
               help="Pick a non-default official entry (e.g. 800 for the 800-epoch ViT-B) when fetching.")
 @click.option("--list", "list_", is_flag=True, help="Show the model zoo (checkpoints.yaml) and exit.")
@@ -154,7 +163,7 @@ class OneLineUsageErrors(click.Command):
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
 def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, atol, rtol, batch, num_classes,
-         encoder_only, pooled, float64, xla, epochs, list_, all_, include_extra, shard, jobs, name,
+         encoder_only, pooled, float64, xla, num_frames, image_size, tflite, epochs, list_, all_, include_extra, shard, jobs, name,
          synthetic_dir, registry_entry, quiet, debug):
     """Convert an official VideoMAE checkpoint to Keras/TensorFlow and prove parity.
 
@@ -167,8 +176,9 @@ def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, 
       vmae-convert --list
       vmae-convert --all --synthetic --shard 2/4 --output-dir release/
 
-    Writes <name>.weights.h5, <name>/ (SavedModel, endpoint `serve`), <name>.zip and
-    <name>.parity.json, where <name> is e.g. TFVideoMAE_B_SSv2_16x224_FT. Exits 3 when a
+    Writes <name>.weights.h5, <name>.keras, <name>/ (SavedModel, endpoint `serve`), <name>.zip,
+    with --tflite <name>.tflite, and <name>.parity.json, where <name> is e.g.
+    TFVideoMAE_B_SSv2_16x224_FT (..._8x160_FT with --frames 8 --image-size 160). Exits 3 when a
     parity check fails (the report is still written, no artifact is published).
     """
     progress = _progress(quiet)
@@ -202,7 +212,8 @@ def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, 
             dataset=(entry.dataset if entry else dataset).lower(), stage=entry.stage if entry else stage,
             checkpoint=path, synthetic=synthetic, seed=seed, output_dir=output_dir, atol=atol, rtol=rtol,
             batch=batch, num_classes=num_classes, encoder_only=encoder_only, pooled=pooled, float64=float64,
-            xla=xla, name=name or (entry.artifact if entry and not encoder_only else None),
+            xla=xla, num_frames=num_frames, image_size=image_size, tflite=tflite,
+            name=name or (entry.artifact if entry and not encoder_only and not (num_frames or image_size) else None),
             synthetic_dir=synthetic_dir,
         )
         click.echo(summary(report))

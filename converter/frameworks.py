@@ -38,8 +38,16 @@ def _preload_torch_side() -> None:
 
 
 def load():
-    """Return (torch, tensorflow, keras), imported torch-side first."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    """Return (torch, tensorflow, keras), imported torch-side first, keras on tensorflow.
+
+    The converter writes SavedModels and LiteRT files, so its keras runs on tensorflow whatever
+    KERAS_BACKEND says in the user's shell (the converted artifacts then load on any backend)."""
+    if "keras" in sys.modules:
+        backend = sys.modules["keras"].backend.backend()
+        if backend != "tensorflow":
+            raise FrameworkOrderError(f"keras was imported with the {backend} backend; the converter needs "
+                                      "tensorflow: set KERAS_BACKEND=tensorflow before importing keras")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _preload_torch_side()
     import torch
@@ -55,7 +63,3 @@ def load_torch():
 
     return torch
 
-
-def load_keras():
-    """Keras for modules that only need the TensorFlow side, but must not break a later torch import."""
-    return load()[2]

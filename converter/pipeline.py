@@ -31,10 +31,14 @@ from .export import (Staging, check_writable, describe_os_error, save_weights_h5
                      write_atomic, zip_folder)
 from .masking import tube_mask
 from .parity import compare, describe_localisation, keras_inputs, localise, make_video, run_reference
-from .variants import ArchConfig, artifact_name, get_dataset, get_variant
+from .clip_shape import adapt_tensors, with_clip_shape
+from .variants import ArchConfig, arch_config, artifact_name, get_dataset, get_variant
+
+# tf_models.export's TFLITE_LIMIT_BYTES, here without importing keras before torch has loaded.
+TFLITE_LIMIT_BYTES = 2**31
 from .videomae_rules import ENCODER_ONLY_DROPPED, rules_for
 
-GATES = ("tf_vs_pt", "weights_h5", "saved_model", "saved_model_xla")
+GATES = ("tf_vs_pt", "weights_h5", "keras", "saved_model", "saved_model_xla", "tflite")
 # In float64 a correct mapping agrees to ~1e-10; a wrong one is off by O(1).
 FLOAT64_ATOL = 1e-8
 
@@ -59,6 +63,9 @@ class ConvertOptions:
     config: ArchConfig | None = None  # explicit architecture (custom/tiny models): skips the zoo table
     name: str | None = None  # artifact base name; default from the zoo naming
     synthetic_dir: str | None = None  # where --synthetic writes its .pth (default: output_dir)
+    num_frames: int | None = None  # clip shape to export at (default: the checkpoint's, 16x224)
+    image_size: int | None = None
+    tflite: bool = False  # also write and gate <name>.tflite (LiteRT, batch 1)
     extra: dict = field(default_factory=dict)
 
 
@@ -123,7 +130,9 @@ def default_name(opts: ConvertOptions) -> str:
         return opts.name
     if opts.config is not None:
         return "custom"
-    name = artifact_name(opts.variant, opts.dataset, opts.stage)
+    trained = arch_config(opts.variant, opts.dataset, opts.stage)
+    name = artifact_name(opts.variant, opts.dataset, opts.stage, opts.num_frames or trained.num_frames,
+                         opts.image_size or trained.image_size)
     return name + "_encoder" if opts.encoder_only else name
 
 
@@ -142,6 +151,12 @@ def _validate(opts: ConvertOptions) -> None:
         raise VMAEError("no checkpoint: pass --checkpoint PATH or --synthetic")
     if opts.batch < 1:
         raise VMAEError("--batch must be at least 1")
+    trained = opts.config or arch_config(opts.variant, opts.dataset, opts.stage)
+    target = with_clip_shape(trained, opts.num_frames, opts.image_size)
+    if opts.tflite and target.num_params * 4 >= TFLITE_LIMIT_BYTES:
+        raise VMAEError(f"--tflite: this model's float32 weights take {target.num_params * 4 / 2**30:.2f} GiB, past "
+                        "the 2 GiB limit of a LiteRT flatbuffer; convert without --tflite (the SavedModel, .keras "
+                        "and .weights.h5 have no such limit)")
 
 
 def _load(opts: ConvertOptions, name: str, phases: Phases) -> tuple[LoadedCheckpoint, Path]:
@@ -149,7 +164,6 @@ def _load(opts: ConvertOptions, name: str, phases: Phases) -> tuple[LoadedCheckp
         frameworks.load_torch()
     if opts.synthetic:
         from .synthetic import write_synthetic_checkpoint
-        from .variants import arch_config
 
         cfg = opts.config or arch_config(opts.variant, opts.dataset, opts.stage)
         path = Path(opts.synthetic_dir or opts.output_dir) / f"synthetic_{name}_seed{opts.seed}.pth"
@@ -241,8 +255,11 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     # loads and any model is built: a bad checkpoint is refused in seconds.
     loaded, ckpt_path = _load(opts, name, phases)
     tensors = loaded.tensors
-    cfg = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes)
-    check_official_keys(tensors, cfg)
+    trained = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes)
+    check_official_keys(tensors, trained)
+    cfg = with_clip_shape(trained, opts.num_frames, opts.image_size)
+    tensors, shape_notes = adapt_tensors(tensors, trained, cfg)
+    loaded.notes.extend(shape_notes)
     torch = frameworks.load_torch()
     from pt_reference import float64_compute as pt_float64, load_reference
 
@@ -340,7 +357,8 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
                                     checks, phases, export_saved_model, tf, make_report)
     else:
         for gate in GATES[1:]:
-            checks[gate] = {"passed": False, "skipped": True, "detail": "not run: the Keras model disagrees"}
+            if gate != "tflite" or opts.tflite:
+                checks[gate] = {"passed": False, "skipped": True, "detail": "not run: the Keras model disagrees"}
     if report is None:  # a failed gate: the report alone, nothing published
         report = make_report({})
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -357,7 +375,8 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
     the exports with their report; returns that report, or None when a gate failed (nothing
     published)."""
     model = handed_over.pop()
-    h5, folder, zipped = f"{name}.weights.h5", name, f"{name}.zip"
+    h5, keras_file, folder, zipped = f"{name}.weights.h5", f"{name}.keras", name, f"{name}.zip"
+    tflite = f"{name}.tflite" if opts.tflite else None
     with Staging(out_dir, name) as st:
         with phases("save weights.h5"), _writing(out_dir / h5, tf):
             save_weights_h5(model, st.path(h5))
@@ -374,6 +393,19 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
             checks["weights_h5"]["passed"] &= same and checks["weights_h5"]["predictions_identical"]
             del fresh
             _release()
+        with phases("save .keras"), _writing(out_dir / keras_file, tf):
+            model.save(st.path(keras_file))
+        with phases("reload .keras"):
+            import keras
+
+            reloaded = keras.saving.load_model(st.path(keras_file))  # the layers registered on import tf_models
+        with phases(".keras forward"):
+            checks["keras"] = compare(_keras_forward(reloaded, video, mask), pt_out, opts.rtol, opts.atol)
+            del reloaded
+            _release()
+        if tflite:
+            _export_and_check_tflite(model, st.path(tflite), out_dir / tflite, video, mask, pt_out, checks, opts,
+                                     phases, tf)
         with phases("export savedmodel"), _writing(out_dir / folder, tf):
             export_saved_model(model, st.path(folder))
             del model
@@ -394,9 +426,9 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
         _release()
         with phases("zip savedmodel"), _writing(out_dir / zipped, tf):
             zip_folder(st.path(folder), st.path(zipped))
-        if not all(checks[g]["passed"] for g in GATES):
+        if not all(checks[g]["passed"] for g in GATES if g in checks):
             return None
-        files = [h5, zipped, folder]
+        files = [h5, keras_file, zipped, folder] + ([tflite] if tflite else [])
         report = make_report({f: _describe_artifact(st.path(f), out_dir / f) for f in files})
         report_file = f"{name}.parity.json"
         with _writing(out_dir / report_file, tf):
@@ -407,6 +439,20 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
         with interrupts.held():
             st.publish([*files, report_file], stale=[out_dir / report_file])
     return report
+
+
+def _export_and_check_tflite(model, staged: Path, final: Path, video, mask, pt_out, checks, opts, phases, tf):
+    """The LiteRT flatbuffer (batch 1), run clip by clip with LiteRT's own interpreter."""
+    from tf_models.export import export_tflite, run_tflite
+
+    with phases("export tflite"), _writing(final, tf):
+        export_tflite(model, staged)
+    with phases("tflite forward"):
+        clips = keras_inputs(video, mask)
+        clips = clips if isinstance(clips, list) else [clips]
+        names = ["video", "mask"][: len(clips)]
+        outs = [run_tflite(staged, **{n: c[i : i + 1] for n, c in zip(names, clips)}) for i in range(len(video))]
+        checks["tflite"] = compare(np.concatenate(outs), pt_out, opts.rtol, opts.atol)
 
 
 def _describe_artifact(staged: Path, final: Path) -> dict:

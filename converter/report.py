@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .batch import load_manifest
 
-CHECKS = ("tf_vs_pt", "float64", "weights_h5", "saved_model", "saved_model_xla")
+CHECKS = ("tf_vs_pt", "float64", "weights_h5", "keras", "saved_model", "saved_model_xla", "tflite")
 
 
 def collect(folder) -> list[dict]:
@@ -53,11 +53,11 @@ def to_markdown(summary: dict) -> str:
     rows = summary["rows"]
     lines = [f"## VideoMAE parity report: {summary['passed']}/{summary['total']} passed", "",
              "Gate: every element within atol + rtol * |pytorch| (tolerances per row); float64 is informative.", "",
-             "| artifact | result | TF vs PT max abs / rel | float64 max abs | weights.h5 | SavedModel | SavedModel XLA | output std | time | peak RSS | artifacts |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| artifact | result | TF vs PT max abs / rel | float64 max abs | weights.h5 | .keras | SavedModel | SavedModel XLA | LiteRT | output std | time | peak RSS | artifacts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['artifact']} | FAIL | {r['error']} | | | | | | | | |")
+            lines.append(f"| {r['artifact']} | FAIL | {r['error']} | | | | | | | | | | |")
             continue
         c = r["checks"]
 
@@ -75,8 +75,8 @@ def to_markdown(summary: dict) -> str:
         rss = f"{r['peak_rss_bytes'] / 2**30:.1f} GiB" if r.get("peak_rss_bytes") else "-"
         lines.append(
             f"| {r['artifact']} | {'PASS' if r['passed'] else 'FAIL'} | {_e(tvp.get('max_abs'))} / {_e(tvp.get('max_rel'))}"
-            f" | {_e(c.get('float64', {}).get('max_abs'))} | {cell('weights_h5')} | {cell('saved_model')}"
-            f" | {cell('saved_model_xla')} | {r['output_std']:.3f} | {r['seconds']:.0f}s | {rss} | {sizes or '-'} |")
+            f" | {_e(c.get('float64', {}).get('max_abs'))} | {cell('weights_h5')} | {cell('keras')} | {cell('saved_model')}"
+            f" | {cell('saved_model_xla')} | {cell('tflite')} | {r['output_std']:.3f} | {r['seconds']:.0f}s | {rss} | {sizes or '-'} |")
     return "\n".join(lines) + "\n"
 
 

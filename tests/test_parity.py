@@ -21,7 +21,7 @@ def _convert(tmp_path, cfg, **kw):
 def test_finetuned_conversion_passes_every_check_and_publishes(tmp_path):
     report = _convert(tmp_path, TINY_FT)
     assert report["passed"]
-    for gate in ("tf_vs_pt", "weights_h5", "saved_model", "saved_model_xla"):
+    for gate in ("tf_vs_pt", "weights_h5", "keras", "saved_model", "saved_model_xla"):
         assert report["checks"][gate]["passed"], gate
         assert report["checks"][gate]["max_abs"] < 1e-5
     assert report["checks"]["weights_h5"]["weights_identical"]
@@ -30,11 +30,11 @@ def test_finetuned_conversion_passes_every_check_and_publishes(tmp_path):
     assert report["output_shape"] == [2, TINY_FT.num_classes]
     assert report["output_std"] > 0.1  # non-trivial weights give non-trivial logits
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(["tiny", "tiny.weights.h5", "tiny.zip", "tiny.parity.json",
+    assert names == sorted(["tiny", "tiny.weights.h5", "tiny.keras", "tiny.zip", "tiny.parity.json",
                             "synthetic_tiny_seed0.pth"])
     on_disk = json.loads((tmp_path / "tiny.parity.json").read_text())
     assert on_disk["checks"] == json.loads(json.dumps(report["checks"]))
-    for filename in ("tiny.weights.h5", "tiny.zip"):
+    for filename in ("tiny.weights.h5", "tiny.keras", "tiny.zip"):
         from converter.export import sha256_file
         assert on_disk["artifacts"][filename]["sha256"] == sha256_file(tmp_path / filename)
 

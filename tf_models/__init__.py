@@ -1,23 +1,26 @@
-"""Keras 3 VideoMAE (channels-last video [batch, frames, height, width, 3]).
+"""Keras 3 VideoMAE: `import tf_models` loads keras and its backend, nothing else.
 
-Importing this package goes through converter.frameworks so that, where torch is also
-installed, its native side is loaded before tensorflow (the other order crashes).
+No torch, no converter: this is what users import after a conversion, on any backend
+(`KERAS_BACKEND=jax`, `torch` or `tensorflow`). Importing it registers the custom layers, so
+`keras.saving.load_model("<name>.keras")` works afterwards.
+
+Mixing with PyTorch in one process: with PyPI's torch (which brings triton), import torch,
+torchvision and timm *before* tensorflow; the other order can crash the interpreter when
+triton loads. `converter` does that for you; your own scripts must do it themselves.
 """
-from converter import frameworks as _frameworks
+from .config import DATASETS, VARIANTS, ArchConfig, arch_config
+from .layers import exact_gelu, sinusoid_table
+from .videomae import (Float64Compute, build_backbone, build_classifier, build_model, build_pretrain,
+                       build_zoo_model, float64_compute, hidden_state_model)
 
-_frameworks.load_keras()
 
-from .videomae import (  # noqa: E402
-    Float64Compute,
-    build_backbone,
-    build_classifier,
-    build_model,
-    build_pretrain,
-    build_zoo_model,
-    export_saved_model,
-    float64_compute,
-    hidden_state_model,
-)
+def export_saved_model(model, path, **kwargs):
+    """TensorFlow SavedModel with endpoint `serve` (see `tf_models.export`); needs tensorflow."""
+    from .export import export_saved_model as export
 
-__all__ = ["Float64Compute", "build_backbone", "build_classifier", "build_model", "build_pretrain", "build_zoo_model",
-           "export_saved_model", "float64_compute", "hidden_state_model"]
+    return export(model, path, **kwargs)
+
+
+__all__ = ["ArchConfig", "DATASETS", "Float64Compute", "VARIANTS", "arch_config", "build_backbone",
+           "build_classifier", "build_model", "build_pretrain", "build_zoo_model", "exact_gelu",
+           "export_saved_model", "float64_compute", "hidden_state_model", "sinusoid_table"]
