@@ -389,9 +389,10 @@ def hidden_state_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, [model.get_layer(n).output for n in names])
 
 
-def export_saved_model(model: keras.Model, path) -> None:
+def export_saved_model(model: keras.Model, path, dataset=None, labels=None) -> None:
     """TensorFlow SavedModel with one endpoint `serve` taking the model's inputs as
-    positional arguments (video, or video and mask), batch size free."""
+    positional arguments (video, or video and mask), batch size free; classifiers also get
+    `serve_frames` (uint8), `labels` and `metadata` (tf_models.serving)."""
     import tensorflow as tf
 
     specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=t.name.split(":")[0])
@@ -405,4 +406,7 @@ def export_saved_model(model: keras.Model, path) -> None:
     else:
         archive.add_endpoint("serve", lambda video, mask: model([video, mask], training=False),
                              input_signature=specs)
+    from .serving import add_serving_endpoints  # issue 13: raw-frames endpoint, labels, metadata
+
+    add_serving_endpoints(archive, model, dataset, labels)
     archive.write_out(str(path), verbose=False)
