@@ -174,3 +174,36 @@ def test_weights_h5_without_its_report_says_what_is_missing(artifact, tmp_path):
     lonely = tmp_path / "tiny.weights.h5"
     lonely.write_bytes(artifact["h5"].read_bytes())
     _one_error_line(predict(artifact["video"], "--model", lonely), "tiny.parity.json, which is not beside it")
+
+
+def test_headless_backbone_is_refused(tmp_path, artifact):
+    from conftest import TINY_PT
+
+    convert(config=TINY_PT, stage="pt", encoder_only=True, pooled=True, synthetic=True, output_dir=tmp_path,
+            name="enc", xla=False, float64=False)
+    _one_error_line(predict(artifact["video"], "--model", tmp_path / "enc", "--dataset", "k400"),
+                    "headless VideoMAE backbone")
+
+
+def test_keras_file_predicts_as_the_saved_model(artifact):
+    """A `.keras` file beside its report. Keras 3.15 cannot reload this model's .keras yet (the
+    Keras-model issue makes it load); until then the test says so and skips."""
+    import keras
+
+    from tf_models import build_model
+
+    model = build_model(CFG)
+    model.load_weights(artifact["h5"])
+    path = artifact["dir"] / "tiny.keras"
+    model.save(path)
+    try:
+        keras.saving.load_model(path)
+    except Exception as err:  # noqa: BLE001 (any failure of Keras itself: nothing of ours to test yet)
+        pytest.skip(f".keras files of this model do not reload yet: {str(err)[:80]}")
+    runs = [predict(artifact["video"], "--model", m, "--views", "1", "--json", "-q", "--dataset", "k400")
+            for m in (path, artifact["model"])]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    keras_top, saved_top = (json.loads(r.stdout)[0]["top"] for r in runs)
+    assert [t["label"] for t in keras_top] == [t["label"] for t in saved_top]
+    np.testing.assert_allclose([t["probability"] for t in keras_top], [t["probability"] for t in saved_top],
+                               rtol=1e-5)

@@ -90,6 +90,8 @@ def _load_saved_model(path: Path) -> Classifier:
     _check_classifier(shape, num_classes, path)
     if hasattr(loaded, "metadata"):
         meta = json.loads(loaded.metadata().numpy())
+        if meta.get("model") == "videomae_backbone":  # a pooled backbone also outputs [batch, n]
+            raise ModelError(f"{path} is a headless VideoMAE backbone (--encoder-only): it has no classes to predict")
     else:  # exported before the metadata endpoint: the report beside it knows
         report = _report_beside(path, "") or {}
         meta = {"dataset": report.get("dataset"), "labels": report.get("labels")}

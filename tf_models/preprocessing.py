@@ -4,7 +4,9 @@ numpy, PyAV and OpenCV only (no torch, no tensorflow), so a server can run it an
 Each step follows one piece of the official code (MCG-NJU/VideoMAE, commit 14ef8d8):
 
 - Decoding: `kinetics.py` / `ssv2.py` `loadvideo_decord` read every frame with decord,
-  RGB, at the file's own size (`keep_aspect_ratio=True`). Here PyAV (FFmpeg, the library
+  RGB, at the file's own size: `datasets.build_dataset` passes `keep_aspect_ratio=True`, so
+  decord's own resize (`VideoReader(width=320, height=256)`, which would stretch) is never
+  used and all resizing is the cv2 step below. Here PyAV (FFmpeg, the library
   decord wraps, with maintained wheels for every platform; decord's are unmaintained) decodes
   the frames in presentation order, converted to RGB24 by FFmpeg's swscale as decord does.
 - Frame sampling, dense (Kinetics, UCF101; `VideoClsDataset`, mode `test`): every

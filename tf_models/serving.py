@@ -37,7 +37,7 @@ def frames_endpoint(model):
 
 def metadata(model, dataset: str | None, labels: list[str] | None) -> dict:
     _, frames, height, width, channels = model.inputs[0].shape
-    return {"format": "vmae-convert", "dataset": dataset, "num_frames": frames, "image_size": height,
+    return {"format": "vmae-convert", "model": model.name, "dataset": dataset, "num_frames": frames, "image_size": height,
             "channels": channels, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "num_classes": len(labels) if labels else None, "labels": labels}
 
