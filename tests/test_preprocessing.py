@@ -2,6 +2,8 @@
 tests/official_transforms.py, element-wise, on synthetic videos of odd sizes."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import synthetic_video
@@ -88,3 +90,9 @@ def test_average_softmax_is_the_mean_of_per_view_softmax():
     per_view = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     np.testing.assert_allclose(P.average_softmax(logits), per_view.mean(0), rtol=1e-12)
     assert P.average_softmax(logits).argmax() == 1 and logits.mean(0).argmax() == 0
+
+
+def test_missing_decoder_library_is_one_actionable_line(videos, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # what an install without the predict extra sees
+    with pytest.raises(P.VideoError, match=r"av is not installed: pip install 'vmae-convert\[predict\]'"):
+        P.preprocess(videos["wide"])

@@ -52,6 +52,16 @@ class VideoError(ValueError):
     """A video this pipeline cannot turn into a clip (unreadable, too short, no video stream)."""
 
 
+def _require(module: str):
+    """The optional decoding/resizing libraries, or one actionable line instead of a traceback."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise VideoError(f"{module} is not installed: pip install 'vmae-convert[predict]'") from None
+
+
 @dataclass(frozen=True)
 class Protocol:
     """The official test protocol of one dataset (`scripts/*/finetune.sh` of the official repo)."""
@@ -79,7 +89,7 @@ def protocol_for(dataset: str) -> Protocol:
 
 def iter_frames(path) -> Iterator[np.ndarray]:
     """Decoded frames of the first video stream, RGB uint8 [H, W, 3], in presentation order."""
-    import av
+    av = _require("av")
 
     try:
         container = av.open(str(path))
@@ -103,7 +113,7 @@ def _reason(err) -> str:
 
 def resize_short_side(frame: np.ndarray, size: int) -> np.ndarray:
     """`functional.resize_clip` for one uint8 frame: short side to `size`, bilinear (cv2)."""
-    import cv2
+    cv2 = _require("cv2")
 
     h, w = frame.shape[:2]
     if min(h, w) == size:
