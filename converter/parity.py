@@ -105,3 +105,29 @@ def describe_localisation(loc: dict) -> str:
     i = before.index(first)
     agree = f"; {before[0]}..{before[i - 1]} agree" if i > 0 else ""
     return f"first divergence at {first}{agree}"
+
+
+def error_profile(reference, model, video: np.ndarray, mask=None) -> dict:
+    """Max abs difference of Keras against PyTorch after each stage (embedding, every block,
+    the output), in float32 and in float64: float32 rounding grows with depth, a mapping
+    error does not shrink in float64, and the plot of both shows which one a drift is."""
+    import contextlib
+
+    from pt_reference import float64_compute as pt_float64
+    from tf_models import float64_compute as keras_float64, hidden_state_model
+
+    profile: dict = {"stages": None}
+    for dtype in ("float32", "float64"):
+        exact = dtype == "float64"
+        with pt_float64(reference) if exact else contextlib.nullcontext():
+            expected = _reference_states(reference, video, mask, dtype)
+            expected.append(("output", run_reference(reference, video, mask, dtype)))
+        with keras_float64(model) if exact else contextlib.nullcontext():
+            inputs = keras_inputs(video, mask, dtype)
+            got = hidden_state_model(model)(inputs if isinstance(inputs, list) else [inputs], training=False)
+            got = [np.asarray(g) for g in (got if isinstance(got, (list, tuple)) else [got])]
+            got.append(np.asarray(model(inputs, training=False)))
+        profile["stages"] = [name for name, _ in expected]
+        profile[dtype] = [float(np.abs(np.asarray(out, np.float64) - ref).max()) if out.shape == ref.shape else None
+                          for (_, ref), out in zip(expected, got)]
+    return profile

@@ -30,15 +30,14 @@ from .errors import ExportError, MappingError, ParityError, VMAEError, first_lin
 from .export import (Staging, check_writable, describe_os_error, save_weights_h5, sha256_file, tree_size,
                      write_atomic, zip_folder)
 from .masking import tube_mask
-from .parity import compare, describe_localisation, keras_inputs, localise, make_video, run_reference
+from .parity import compare, describe_localisation, error_profile, keras_inputs, localise, make_video, run_reference
 from .clip_shape import adapt_tensors, with_clip_shape
 from .variants import ArchConfig, arch_config, artifact_name, get_dataset, get_variant
-
-# tf_models.export's TFLITE_LIMIT_BYTES, here without importing keras before torch has loaded.
-TFLITE_LIMIT_BYTES = 2**31
 from .videomae_rules import ENCODER_ONLY_DROPPED, rules_for
 
-GATES = ("tf_vs_pt", "weights_h5", "keras", "saved_model", "saved_model_xla", "tflite")
+GATES = ("tf_vs_pt", "weights_h5", "keras", "saved_model", "saved_model_xla", "saved_model_uint8", "tflite")
+# tf_models.export's TFLITE_LIMIT_BYTES, here without importing keras before torch has loaded.
+TFLITE_LIMIT_BYTES = 2**31
 # In float64 a correct mapping agrees to ~1e-10; a wrong one is off by O(1).
 FLOAT64_ATOL = 1e-8
 
@@ -66,6 +65,7 @@ class ConvertOptions:
     num_frames: int | None = None  # clip shape to export at (default: the checkpoint's, 16x224)
     image_size: int | None = None
     tflite: bool = False  # also write and gate <name>.tflite (LiteRT, batch 1)
+    labels: list[str] | None = None  # class names of a custom head (zoo datasets: tf_models.labels)
     extra: dict = field(default_factory=dict)
 
 
@@ -234,6 +234,23 @@ def _build(cfg, opts, dtype=None):
     return build_model(cfg, dtype=dtype)
 
 
+def class_names(cfg: ArchConfig, opts: ConvertOptions) -> list[str] | None:
+    """The names of the logits, shipped in every artifact; None for models without a head."""
+    if cfg.is_pretrain or opts.encoder_only or not cfg.num_classes:
+        return None
+    if opts.labels is not None:
+        if len(opts.labels) != cfg.num_classes:
+            raise VMAEError(f"{len(opts.labels)} labels given for a head of {cfg.num_classes} classes")
+        return list(opts.labels)
+    from tf_models import labels
+
+    with contextlib.suppress(ValueError):
+        names = labels.load(opts.dataset)
+        if len(names) == cfg.num_classes:
+            return names
+    return None
+
+
 def _keras_forward(model, video, mask, dtype="float32") -> np.ndarray:
     import keras
 
@@ -260,6 +277,7 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     cfg = with_clip_shape(trained, opts.num_frames, opts.image_size)
     tensors, shape_notes = adapt_tensors(tensors, trained, cfg)
     loaded.notes.extend(shape_notes)
+    names = class_names(cfg, opts)
     torch = frameworks.load_torch()
     from pt_reference import float64_compute as pt_float64, load_reference
 
@@ -301,6 +319,10 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
         with phases("localise divergence"):
             localisation = localise(reference, model, video, mask)
         checks["tf_vs_pt"]["detail"] = describe_localisation(localisation)
+    profile = None
+    if opts.float64 and not opts.encoder_only:
+        with phases("error profile"):
+            profile = error_profile(reference, model, video, mask)
 
     # The Keras model holds the weights now. Freeing the checkpoint (its mapped pages too) and
     # the reference (which holds the same tensors) keeps at most two copies of the weights alive.
@@ -341,6 +363,8 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
             "output_std": float(np.std(pt_out)),
             "checks": checks,
             "localisation": localisation,
+            "error_profile": profile,
+            "labels": names,
             "artifacts": artifacts,
             "timings": phases.seconds,
             "wall_seconds": round(time.time() - started, 3),
@@ -353,8 +377,9 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     if checks["tf_vs_pt"]["passed"]:
         handed_over = [model]  # the export drops the model once written: the reloads take its place
         del model
+        export = lambda m, path: export_saved_model(m, path, opts.dataset, names)  # dataset: its test protocol
         report = _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_out, pt_out,
-                                    checks, phases, export_saved_model, tf, make_report)
+                                    checks, phases, export, tf, make_report)
     else:
         for gate in GATES[1:]:
             if gate != "tflite" or opts.tflite:
@@ -422,6 +447,8 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
                 checks["saved_model_xla"] = compare(xla(*args).numpy(), pt_out, opts.rtol, opts.atol)
         else:
             checks["saved_model_xla"] = {"passed": True, "skipped": True, "detail": "--no-xla"}
+        with phases("savedmodel uint8 forward"):
+            checks["saved_model_uint8"] = _check_uint8_endpoint(loaded, cfg, opts)
         del loaded
         _release()
         with phases("zip savedmodel"), _writing(out_dir / zipped, tf):
@@ -453,6 +480,18 @@ def _export_and_check_tflite(model, staged: Path, final: Path, video, mask, pt_o
         names = ["video", "mask"][: len(clips)]
         outs = [run_tflite(staged, **{n: c[i : i + 1] for n, c in zip(names, clips)}) for i in range(len(video))]
         checks["tflite"] = compare(np.concatenate(outs), pt_out, opts.rtol, opts.atol)
+
+
+def _check_uint8_endpoint(loaded, cfg, opts) -> dict:
+    """`serve_frames(uint8)` against `serve(normalise(uint8))` on seeded random pixels."""
+    if not hasattr(loaded, "serve_frames"):
+        return {"passed": True, "skipped": True, "detail": "no raw-frames endpoint (the model takes a mask)"}
+    from tf_models.preprocessing import normalise
+
+    shape = (opts.batch, cfg.num_frames, cfg.image_size, cfg.image_size, cfg.in_channels)
+    frames = np.random.default_rng(opts.seed).integers(0, 256, size=shape, dtype=np.uint8)
+    return compare(loaded.serve_frames(frames).numpy(), loaded.serve(normalise(frames)).numpy(),
+                   opts.rtol, opts.atol)
 
 
 def _describe_artifact(staged: Path, final: Path) -> dict:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .batch import load_manifest
 
-CHECKS = ("tf_vs_pt", "float64", "weights_h5", "keras", "saved_model", "saved_model_xla", "tflite")
+CHECKS = ("tf_vs_pt", "float64", "weights_h5", "keras", "saved_model", "saved_model_xla", "saved_model_uint8", "tflite")
+PLOTS = "parity-plots"  # beside parity-report.md: one error-profile PNG per artifact
 
 
 def collect(folder) -> list[dict]:
@@ -36,6 +37,7 @@ def collect(folder) -> list[dict]:
             "synthetic": report.get("checkpoint", {}).get("synthetic"),
             "source_sha256": report.get("checkpoint", {}).get("sha256"),
             "artifacts": report.get("artifacts", {}),
+            "error_profile": report.get("error_profile"),
         })
     return rows
 
@@ -53,8 +55,9 @@ def to_markdown(summary: dict) -> str:
     rows = summary["rows"]
     lines = [f"## VideoMAE parity report: {summary['passed']}/{summary['total']} passed", "",
              "Gate: every element within atol + rtol * |pytorch| (tolerances per row); float64 is informative.", "",
-             "| artifact | result | TF vs PT max abs / rel | float64 max abs | weights.h5 | .keras | SavedModel | SavedModel XLA | LiteRT | output std | time | peak RSS | artifacts |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| artifact | result | TF vs PT max abs / rel | float64 max abs | weights.h5 | .keras | SavedModel | SavedModel XLA | SavedModel uint8 | LiteRT | output std | time | peak RSS | artifacts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    plots = []
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['artifact']} | FAIL | {r['error']} | | | | | | | | | | |")
@@ -76,8 +79,53 @@ def to_markdown(summary: dict) -> str:
         lines.append(
             f"| {r['artifact']} | {'PASS' if r['passed'] else 'FAIL'} | {_e(tvp.get('max_abs'))} / {_e(tvp.get('max_rel'))}"
             f" | {_e(c.get('float64', {}).get('max_abs'))} | {cell('weights_h5')} | {cell('keras')} | {cell('saved_model')}"
-            f" | {cell('saved_model_xla')} | {cell('tflite')} | {r['output_std']:.3f} | {r['seconds']:.0f}s | {rss} | {sizes or '-'} |")
+            f" | {cell('saved_model_xla')} | {cell('saved_model_uint8')} | {cell('tflite')} | {r['output_std']:.3f} | {r['seconds']:.0f}s | {rss} | {sizes or '-'} |")
+        if r.get("plot"):
+            plots += [f"### {r['artifact']}: error after each block", "", f"![error profile of {r['artifact']}]({r['plot']})", ""]
+    if plots:
+        lines += ["", "Max abs difference of TensorFlow against PyTorch after each block, float32 and float64 (log scale):",
+                  "float32 rounding grows slowly with depth; a mapping error shows as a jump that float64 keeps.", ""]
+        lines += plots
     return "\n".join(lines) + "\n"
+
+
+def plot_error_profile(profile: dict, path, title: str = "") -> None:
+    """A small PNG: one line per precision over the stages, log y-scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a CI machine
+    import matplotlib.pyplot as plt
+
+    stages = profile["stages"]
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    try:
+        for dtype, style in (("float32", "o-"), ("float64", "s-")):
+            # A difference of exactly 0 has no place on a log scale: drawn at the smallest double.
+            values = [max(v, 1e-300) if v is not None else float("nan") for v in profile.get(dtype) or []]
+            if values:
+                ax.plot(range(len(values)), values, style, markersize=3, label=dtype)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(stages)))
+        ax.set_xticklabels([s.replace("blocks.", "b").replace("encoder.", "e.").replace("decoder.", "d.")
+                            for s in stages], rotation=90, fontsize=6)
+        ax.set_ylabel("max abs diff")
+        ax.set_title(title, fontsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def write_plots(rows: list[dict], out: Path) -> None:
+    """One error-profile PNG per row that has a profile; sets row["plot"] (relative to `out`)."""
+    for r in rows:
+        if r.get("error_profile") and r.get("artifact"):
+            (out / PLOTS).mkdir(parents=True, exist_ok=True)
+            relative = f"{PLOTS}/{r['artifact']}.error-profile.png"
+            plot_error_profile(r["error_profile"], out / relative, r["artifact"])
+            r["plot"] = relative
 
 
 def write_reports(folder, out_dir=None) -> dict:
@@ -86,6 +134,7 @@ def write_reports(folder, out_dir=None) -> dict:
     summary = summarise(collect(folder))
     out = Path(out_dir or folder)
     out.mkdir(parents=True, exist_ok=True)
+    write_plots(summary["rows"], out)
     write_atomic(out / "parity-report.json", json.dumps(summary, indent=2).encode())
     write_atomic(out / "parity-report.md", to_markdown(summary).encode())
     return summary

@@ -10,7 +10,7 @@ from converter.checkpoint import read_checkpoint
 from converter.masking import check_mask, tube_mask
 from converter.synthetic import synthetic_state_dict, write_synthetic_checkpoint
 from converter.variants import arch_config
-from tf_models.videomae import MaskedTokenOrder
+from tf_models.layers import MaskedTokenOrder
 
 
 @pytest.mark.parametrize("dataset,hidden_per_frame", [("k400", 176), ("ssv2", 176), ("ucf101", 147)])

@@ -398,7 +398,7 @@ def test_disk_full_while_writing_the_savedmodel(tmp_path, tiny_file, monkeypatch
     import tensorflow as tf
     import tf_models
 
-    def export_until_disk_full(model, path):
+    def export_until_disk_full(model, path, *metadata):  # metadata: dataset and labels (issue 13)
         (path / "variables").mkdir(parents=True)
         (path / "variables" / "variables.data-00000-of-00001").write_bytes(b"\0" * 1000)
         raise tf.errors.OutOfRangeError(None, None, "{{function_node __wrapped__SaveV2}} "

@@ -12,13 +12,7 @@ from .config import DATASETS, VARIANTS, ArchConfig, arch_config
 from .layers import exact_gelu, sinusoid_table
 from .videomae import (Float64Compute, build_backbone, build_classifier, build_model, build_pretrain,
                        build_zoo_model, float64_compute, hidden_state_model)
-
-
-def export_saved_model(model, path, **kwargs):
-    """TensorFlow SavedModel with endpoint `serve` (see `tf_models.export`); needs tensorflow."""
-    from .export import export_saved_model as export
-
-    return export(model, path, **kwargs)
+from .export import export_saved_model  # tensorflow is imported when it is called, not before
 
 
 __all__ = ["ArchConfig", "DATASETS", "Float64Compute", "VARIANTS", "arch_config", "build_backbone",

@@ -17,9 +17,6 @@ NUM_FRAMES = 16
 IMAGE_SIZE = 224
 IN_CHANNELS = 3
 LAYER_NORM_EPS = 1e-6
-# ImageNet statistics: the official test transforms normalise every clip with them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,12 @@ def _checked_mask(model: keras.Model, mask):
         return tf.identity(mask)
 
 
-def export_saved_model(model: keras.Model, path, batch=None, check_mask=True) -> None:
-    """TensorFlow SavedModel with one endpoint `serve` taking the model's inputs as positional
-    arguments (video, or video and mask); batch size free unless `batch` is given."""
+def export_saved_model(model: keras.Model, path, dataset=None, labels=None, batch=None, serving=True,
+                       check_mask=True) -> None:
+    """TensorFlow SavedModel with an endpoint `serve` taking the model's inputs as positional
+    arguments (video, or video and mask), batch size free unless `batch` is given. With
+    `serving`, one-input models also get `serve_frames` (uint8), `labels` and `metadata`
+    (`tf_models.serving`); `dataset` names the test protocol `vmae-predict` applies."""
     archive = keras.export.ExportArchive()
     # No archive.track(model): the endpoint's variables are tracked by add_endpoint anyway, and
     # with track() Keras 3.15 also saves every KerasVariable beside its tf.Variable, doubling
@@ -55,6 +58,10 @@ def export_saved_model(model: keras.Model, path, batch=None, check_mask=True) ->
             return model([video, _checked_mask(model, mask) if check_mask else mask], training=False)
 
         archive.add_endpoint("serve", serve, input_signature=specs)
+    if serving:
+        from .serving import add_serving_endpoints
+
+        add_serving_endpoints(archive, model, dataset, labels)
     archive.write_out(str(path), verbose=False)
 
 
@@ -72,7 +79,7 @@ def tflite_bytes(model: keras.Model) -> bytes:
             f"its float32 weights take {weight_bytes / 2**30:.2f} GiB, past the 2 GiB limit of a LiteRT "
             "flatbuffer")
     with tempfile.TemporaryDirectory(prefix="vmae-tflite-") as tmp:
-        export_saved_model(model, tmp, batch=1, check_mask=False)
+        export_saved_model(model, tmp, batch=1, serving=False, check_mask=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serve"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         return converter.convert()
