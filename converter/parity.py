@@ -6,6 +6,8 @@ block and names the first one that diverges, so a mapping bug is located, not on
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import frameworks
@@ -53,46 +55,78 @@ def run_reference(reference, video: np.ndarray, mask=None, dtype="float32") -> n
     return out.numpy()
 
 
-def _reference_states(reference, video, mask, dtype):
+def reference_stages(reference, video: np.ndarray, mask=None, dtype="float32") -> list[tuple[str, np.ndarray]]:
+    """PyTorch's tokens after the embedding and after every block, then ("output", its result),
+    all from one forward: the same stages, in the same order, as `keras_stages`."""
     torch = frameworks.load_torch()
     x = torch.from_numpy(video.astype(dtype))
     with torch.inference_mode():
         if mask is None:
             states = reference.hidden_states(x)
             names = ["embedding"] + [f"blocks.{i}" for i in range(len(states) - 1)]
-            return list(zip(names, [s.numpy() for s in states]))
-        m = torch.from_numpy(mask)
-        enc = reference.encoder
-        embedding = enc.patch_embed(x) + enc.pos_table.type_as(x)
-        encoded = reference.encode(x, m)
-        decoded = reference.decode(encoded[-1], m)
-        named = [("encoder.embedding", embedding)]
-        named += [(f"encoder.blocks.{i}", s) for i, s in enumerate(encoded[1:-1])]
-        named += [("decoder input", decoded[0])]
-        named += [(f"decoder.blocks.{i}", s) for i, s in enumerate(decoded[1:-1])]
+            named = list(zip(names, states)) + [("output", reference.head_from_tokens(states[-1]))]
+        else:
+            m = torch.from_numpy(mask)
+            enc = reference.encoder
+            embedding = enc.patch_embed(x) + enc.pos_table.type_as(x)  # all tokens, before masking
+            encoded = reference.encode(x, m)
+            decoded = reference.decode(encoded[-1], m)
+            named = [("encoder.embedding", embedding)]
+            named += [(f"encoder.blocks.{i}", s) for i, s in enumerate(encoded[1:-1])]
+            named += [("decoder input", decoded[0])]
+            named += [(f"decoder.blocks.{i}", s) for i, s in enumerate(decoded[1:-1])]
+            named += [("output", decoded[-1])]
         return [(n, s.numpy()) for n, s in named]
 
 
-def localise(reference, model, video: np.ndarray, mask=None, dtype="float32") -> dict:
-    """Per-stage comparison; `first_divergent` is the first stage whose error exceeds
-    DIVERGENCE relative to the reference's scale (None: the stack agrees, look at the head)."""
+def keras_stages(model, video: np.ndarray, mask=None, dtype="float32", staged=None) -> list[np.ndarray]:
+    """The Keras side of `reference_stages`, from one forward; `staged` is
+    `hidden_state_model(model, with_output=True)` when the caller already built it."""
+    import keras
+
     from tf_models import hidden_state_model
 
-    expected = _reference_states(reference, video, mask, dtype)
-    got = hidden_state_model(model).predict(keras_inputs(video, mask, dtype), verbose=0)
-    got = got if isinstance(got, list) else [got]
+    staged = staged or hidden_state_model(model, with_output=True)
+    inputs = keras_inputs(video, mask, dtype)
+    outs = staged(inputs if isinstance(inputs, list) else [inputs], training=False)
+    return [keras.ops.convert_to_numpy(o) for o in (outs if isinstance(outs, (list, tuple)) else [outs])]
+
+
+def _max_abs(got: np.ndarray, expected: np.ndarray) -> float | None:
+    if got.shape != expected.shape:
+        return None
+    return float(np.abs(got.astype(np.float64) - expected).max())
+
+
+def locate(expected: list[tuple[str, np.ndarray]], got: list[np.ndarray]) -> dict:
+    """Per-stage comparison of hidden states; `first_divergent` is the first stage whose error
+    exceeds DIVERGENCE relative to the reference's scale (None: the stack agrees, look at the head)."""
     stages, first = [], None
     for (name, ref), out in zip(expected, got):
-        if ref.shape != out.shape:
-            stages.append({"stage": name, "max_abs": None, "relative": None})
-            first = first or name
-            continue
-        max_abs = float(np.abs(out.astype(np.float64) - ref).max())
-        relative = max_abs / max(float(np.abs(ref).max()), 1e-12)
+        max_abs = _max_abs(out, ref)
+        relative = None if max_abs is None else max_abs / max(float(np.abs(ref).max()), 1e-12)
         stages.append({"stage": name, "max_abs": max_abs, "relative": relative})
-        if first is None and relative > DIVERGENCE:
+        if first is None and (relative is None or relative > DIVERGENCE):
             first = name
     return {"first_divergent": first, "stages": stages}
+
+
+def localise(reference, model, video: np.ndarray, mask=None, dtype="float32") -> dict:
+    """`locate` on fresh forwards of both models (hidden states only, the output left out)."""
+    return locate(reference_stages(reference, video, mask, dtype)[:-1], keras_stages(model, video, mask, dtype)[:-1])
+
+
+def profile_of(stages32: tuple, stages64: tuple | None) -> dict:
+    """Max abs difference after each stage, float32 and float64, from (expected, got) pairs of
+    stage lists: float32 rounding grows with depth, a mapping error does not shrink in float64,
+    and the plot of both shows which one a drift is."""
+    expected, got = stages32
+    profile = {"stages": [name for name, _ in expected],
+               "float32": [_max_abs(g, e) for (_, e), g in zip(expected, got)]}
+    if stages64 is not None:
+        expected64, got64 = stages64
+        profile["float64"] = [_max_abs(g, e) for (_, e), g in zip(expected64, got64)]
+    return profile
 
 
 def describe_localisation(loc: dict) -> str:
@@ -108,26 +142,15 @@ def describe_localisation(loc: dict) -> str:
 
 
 def error_profile(reference, model, video: np.ndarray, mask=None) -> dict:
-    """Max abs difference of Keras against PyTorch after each stage (embedding, every block,
-    the output), in float32 and in float64: float32 rounding grows with depth, a mapping
-    error does not shrink in float64, and the plot of both shows which one a drift is."""
-    import contextlib
-
+    """The per-stage error profile on fresh forwards (the pipeline reuses its own instead)."""
     from pt_reference import float64_compute as pt_float64
-    from tf_models import float64_compute as keras_float64, hidden_state_model
+    from tf_models import float64_compute as keras_float64
 
-    profile: dict = {"stages": None}
+    pairs = []
     for dtype in ("float32", "float64"):
         exact = dtype == "float64"
         with pt_float64(reference) if exact else contextlib.nullcontext():
-            expected = _reference_states(reference, video, mask, dtype)
-            expected.append(("output", run_reference(reference, video, mask, dtype)))
+            expected = reference_stages(reference, video, mask, dtype)
         with keras_float64(model) if exact else contextlib.nullcontext():
-            inputs = keras_inputs(video, mask, dtype)
-            got = hidden_state_model(model)(inputs if isinstance(inputs, list) else [inputs], training=False)
-            got = [np.asarray(g) for g in (got if isinstance(got, (list, tuple)) else [got])]
-            got.append(np.asarray(model(inputs, training=False)))
-        profile["stages"] = [name for name, _ in expected]
-        profile[dtype] = [float(np.abs(np.asarray(out, np.float64) - ref).max()) if out.shape == ref.shape else None
-                          for (_, ref), out in zip(expected, got)]
-    return profile
+            pairs.append((expected, keras_stages(model, video, mask, dtype)))
+    return profile_of(*pairs)

@@ -30,7 +30,8 @@ from .errors import ExportError, MappingError, ParityError, VMAEError, first_lin
 from .export import (Staging, check_writable, describe_os_error, save_weights_h5, sha256_file, tree_size,
                      write_atomic, zip_folder)
 from .masking import tube_mask
-from .parity import compare, describe_localisation, error_profile, keras_inputs, localise, make_video, run_reference
+from .parity import (compare, describe_localisation, keras_inputs, keras_stages, locate, make_video, profile_of,
+                     reference_stages)
 from .clip_shape import adapt_tensors, with_clip_shape
 from .variants import ArchConfig, arch_config, artifact_name, get_dataset, get_variant
 from .videomae_rules import ENCODER_ONLY_DROPPED, rules_for
@@ -210,9 +211,10 @@ def _writing(where, tf):
 
 
 def _reference_fn(reference, cfg, opts):
-    """What the PyTorch side computes for this conversion, as f(video, mask, dtype)."""
+    """What the PyTorch side computes for this conversion, as f(video, mask, dtype) -> stages:
+    [(stage, tokens), ..., ("output", result)] from one forward (the output alone for a backbone)."""
     if not opts.encoder_only:
-        return lambda video, mask, dtype: run_reference(reference, video, mask, dtype)
+        return lambda video, mask, dtype: reference_stages(reference, video, mask, dtype)
 
     torch = frameworks.load_torch()
 
@@ -221,7 +223,7 @@ def _reference_fn(reference, cfg, opts):
         visible = torch.zeros(video.shape[0], cfg.num_patches, dtype=torch.bool)
         with torch.inference_mode():
             tokens = reference.encode(x, visible)[-1]
-            return (tokens.mean(1) if opts.pooled else tokens).numpy()
+            return [("output", (tokens.mean(1) if opts.pooled else tokens).numpy())]
 
     return encoder
 
@@ -289,16 +291,19 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     mask = tube_mask(cfg, opts.batch, opts.seed) if cfg.is_pretrain and not opts.encoder_only else None
     # PyTorch runs first, before tensorflow is imported: the peak of its forwards (float64
     # attention) then never adds up with tensorflow's own memory or the Keras model's weights.
+    # Each forward keeps every block's tokens too: the error profile and, on a failure, the
+    # localisation come from these same forwards, not from extra ones.
     with phases("pytorch forward"):
-        pt_out = reference_fn(video, mask, "float32")
+        pt_stages = reference_fn(video, mask, "float32")
+    pt_out = pt_stages[-1][1]
     if opts.float64:
         # float64 from the float32 weights (exact), each cast where it is used: no float64 copy.
         with phases("pytorch forward float64"), pt_float64(reference):
-            pt64 = reference_fn(video, mask, "float64")
+            pt64_stages = reference_fn(video, mask, "float64")
 
     with phases("import tensorflow"):
         torch, tf, _ = frameworks.load()
-    from tf_models import export_saved_model, float64_compute as keras_float64
+    from tf_models import export_saved_model, float64_compute as keras_float64, hidden_state_model
 
     rules = rules_for(cfg.is_pretrain and "pt" or "ft", opts.encoder_only)
     dropped = []
@@ -311,18 +316,15 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
         assignments = load_into(model, mapped, rules)
 
     checks: dict[str, dict] = {}
+    staged = model if opts.encoder_only else hidden_state_model(model, with_output=True)
     with phases("keras forward"):
-        tf_out = _keras_forward(model, video, mask)
+        tf_stages = keras_stages(model, video, mask, staged=staged)
+    tf_out = tf_stages[-1]
     checks["tf_vs_pt"] = compare(tf_out, pt_out, opts.rtol, opts.atol)
     localisation = None
     if not checks["tf_vs_pt"]["passed"] and not opts.encoder_only:
-        with phases("localise divergence"):
-            localisation = localise(reference, model, video, mask)
+        localisation = locate(pt_stages[:-1], tf_stages[:-1])
         checks["tf_vs_pt"]["detail"] = describe_localisation(localisation)
-    profile = None
-    if opts.float64 and not opts.encoder_only:
-        with phases("error profile"):
-            profile = error_profile(reference, model, video, mask)
 
     # The Keras model holds the weights now. Freeing the checkpoint (its mapped pages too) and
     # the reference (which holds the same tensors) keeps at most two copies of the weights alive.
@@ -332,10 +334,16 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     if opts.float64:
         # The same model, its layers computing in float64 for the block: no second model to build,
         # no second copy of the weights.
-        with phases("keras forward float64"), keras_float64(model):
-            checks["float64"] = compare(_keras_forward(model, video, mask, "float64"), pt64, 0.0, FLOAT64_ATOL)
-            checks["float64"]["gate"] = False  # informative: shows mapping exactness without fp32 noise
-        del pt64
+        with phases("keras forward float64"), keras_float64(staged):
+            tf64_stages = keras_stages(model, video, mask, "float64", staged=staged)
+        checks["float64"] = compare(tf64_stages[-1], pt64_stages[-1][1], 0.0, FLOAT64_ATOL)
+        checks["float64"]["gate"] = False  # informative: shows mapping exactness without fp32 noise
+    profile = None
+    if opts.float64 and not opts.encoder_only:
+        profile = profile_of((pt_stages, tf_stages), (pt64_stages, tf64_stages))
+    del staged, pt_stages, tf_stages
+    if opts.float64:
+        del pt64_stages, tf64_stages
 
     def make_report(artifacts: dict) -> dict:
         return {

@@ -121,12 +121,14 @@ def build_zoo_model(variant: str, dataset: str = "k400", stage: str = "ft", dtyp
     return build_model(arch_config(variant, dataset, stage, **overrides), dtype=dtype)
 
 
-def hidden_state_model(model: keras.Model) -> keras.Model:
-    """Same inputs, outputs = tokens after the embedding and after every block, in order;
-    used to find the first block where a conversion diverges from the reference."""
+def hidden_state_model(model: keras.Model, with_output: bool = False) -> keras.Model:
+    """Same inputs, outputs = tokens after the embedding and after every block, in order (and
+    the model's own output last, with_output=True): one forward gives the per-block error
+    profile and the result, and locates the first block where a conversion diverges."""
     names = [l.name for l in model.layers
              if l.name.endswith("pos_embed") or "blocks_" in l.name or l.name == "decoder_input"]
-    return keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    outputs = [model.get_layer(n).output for n in names] + (list(model.outputs) if with_output else [])
+    return keras.Model(model.inputs, outputs)
 
 
 class Float64Compute(keras.DTypePolicy):
