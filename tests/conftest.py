@@ -104,3 +104,18 @@ def start_tiny_conversion(cfg, checkpoint, output_dir, name, preexec_fn=None, fi
                              str(checkpoint),
                              str(output_dir), name, *limit], cwd=REPO, env=env, preexec_fn=preexec_fn,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def swap_qv_biases(monkeypatch, block: int = 1, prefix: str = "blocks") -> None:
+    """A mapping bug in one place: the pipeline loads block `block`'s q and v biases swapped."""
+    from converter import engine
+
+    real = engine.load_into
+
+    def corrupt(model, tensors, rules):
+        tensors = dict(tensors)
+        q, v = f"{prefix}.{block}.attn.q_bias", f"{prefix}.{block}.attn.v_bias"
+        tensors[q], tensors[v] = tensors[v], tensors[q]
+        return real(model, tensors, rules)
+
+    monkeypatch.setattr("converter.pipeline.load_into", corrupt)

@@ -6,9 +6,8 @@ import json
 import re
 
 import pytest
-from conftest import TINY_FT
+from conftest import TINY_FT, swap_qv_biases
 
-from converter import engine
 from converter.pipeline import convert
 from converter.report import plot_error_profile, write_reports
 
@@ -40,15 +39,7 @@ def test_profile_in_report_has_both_precisions_per_stage(tmp_path):
 def test_profile_shows_where_a_mapping_error_starts(tmp_path, monkeypatch):
     """q/v biases swapped in block 1: float64 agrees to rounding before it and is off by O(1)
     from it on; float32 alone could not tell a 1e-3 drift from a bug."""
-    real = engine.load_into
-
-    def corrupt(model, tensors, rules):
-        tensors = dict(tensors)
-        tensors["blocks.1.attn.q_bias"], tensors["blocks.1.attn.v_bias"] = (
-            tensors["blocks.1.attn.v_bias"], tensors["blocks.1.attn.q_bias"])
-        return real(model, tensors, rules)
-
-    monkeypatch.setattr("converter.pipeline.load_into", corrupt)
+    swap_qv_biases(monkeypatch, block=1)
     profile = _convert(tmp_path)["error_profile"]
     f64 = dict(zip(profile["stages"], profile["float64"]))
     assert f64["embedding"] < 1e-12 and f64["blocks.0"] < 1e-12

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_FT, TINY_PT
+from conftest import TINY_FT, TINY_PT, swap_qv_biases
 
 from converter import engine
 from converter.pipeline import convert
@@ -67,15 +67,7 @@ def test_saved_model_serves_and_reloads_in_plain_tensorflow(tmp_path):
 
 def test_wrong_mapping_fails_with_localised_block_and_publishes_nothing(tmp_path, monkeypatch):
     """Swap q/v biases in block 1 only: the report must point at blocks.1, exit non-zero."""
-    real = engine.load_into
-
-    def corrupt(model, tensors, rules):
-        tensors = dict(tensors)
-        tensors["blocks.1.attn.q_bias"], tensors["blocks.1.attn.v_bias"] = (
-            tensors["blocks.1.attn.v_bias"], tensors["blocks.1.attn.q_bias"])
-        return real(model, tensors, rules)
-
-    monkeypatch.setattr("converter.pipeline.load_into", corrupt)
+    swap_qv_biases(monkeypatch, block=1)
     report = _convert(tmp_path, TINY_FT)
     assert not report["passed"]
     assert report["localisation"]["first_divergent"] == "blocks.1"
