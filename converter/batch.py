@@ -55,7 +55,7 @@ def load_manifest(output_dir: Path) -> dict:
         return {"entries": {}}
     try:
         data = json.loads(path.read_text())
-        return data if isinstance(data.get("entries"), dict) else {"entries": {}}
+        return data if isinstance(data, dict) and isinstance(data.get("entries"), dict) else {"entries": {}}
     except (OSError, ValueError):
         return {"entries": {}}  # a damaged ledger only costs re-verification work
 

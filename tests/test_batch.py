@@ -203,3 +203,57 @@ def test_stopping_the_batch_stops_its_children(entries, monkeypatch, tmp_path):
         signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - t0 < 30
     assert started[0].wait(10) is not None  # terminated, not left sleeping
+
+
+def _published(tmp_path):
+    """A SavedModel folder, its zip and a record of them (no conversion needed to test the ledger)."""
+    import os
+
+    from converter.export import zip_folder
+
+    sm = tmp_path / "m"
+    (sm / "variables").mkdir(parents=True)
+    (sm / "saved_model.pb").write_bytes(os.urandom(1000))
+    (sm / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(5000))
+    zip_folder(sm, tmp_path / "m.zip")
+    inputs = batch.run_inputs(True, {})
+    record = {"passed": True, "inputs": inputs,
+              "artifacts": {f: batch.artifact_record(tmp_path / f) for f in ("m", "m.zip")}}
+    assert batch.verify_record(tmp_path, record, inputs) is None
+    return record, inputs
+
+
+@pytest.mark.parametrize("victim", ["m/saved_model.pb", "m/variables/variables.data-00000-of-00001"])
+def test_manifest_catches_a_savedmodel_file_made_constant(tmp_path, victim):
+    record, inputs = _published(tmp_path)
+    path = tmp_path / victim
+    path.write_bytes(bytes(path.stat().st_size))  # same size, every byte zero
+    assert batch.verify_record(tmp_path, record, inputs) == "m differs from the manifest"
+
+
+def test_manifest_catches_a_damaged_zip(tmp_path):
+    record, inputs = _published(tmp_path)
+    data = bytearray((tmp_path / "m.zip").read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (tmp_path / "m.zip").write_bytes(bytes(data))
+    assert batch.verify_record(tmp_path, record, inputs) == "m.zip differs from the manifest"
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"entries": []}', "null", ""])
+def test_a_damaged_manifest_means_redo_everything(tmp_path, text):
+    (tmp_path / batch.MANIFEST).write_text(text)
+    assert batch.load_manifest(tmp_path) == {"entries": {}}
+    assert batch.verify_record(tmp_path, batch.load_manifest(tmp_path)["entries"].get("m")) == "no passing record"
+
+
+def test_a_record_counts_only_for_the_inputs_it_was_made_from(tmp_path):
+    record, inputs = _published(tmp_path)
+    record["source_sha256"] = "a" * 64
+    assert batch.verify_record(tmp_path, record, batch.run_inputs(False, {})) == (
+        "recorded from a synthetic checkpoint, now the official one")
+    assert batch.verify_record(tmp_path, record, batch.run_inputs(True, {"seed": 3, "atol": 1e-4})) == (
+        "other inputs: seed 0 -> 3, atol 1e-05 -> 0.0001")
+    assert batch.verify_record(tmp_path, record, inputs, source_sha256="b" * 64).startswith("source sha256 aaaa")
+    assert batch.verify_record(tmp_path, record, inputs, source_sha256="a" * 64) is None
+    del record["inputs"]  # a record of an older version: what it was made from is unknown
+    assert batch.verify_record(tmp_path, record, inputs) == "the record does not say what it was made from"
