@@ -257,3 +257,21 @@ def test_a_record_counts_only_for_the_inputs_it_was_made_from(tmp_path):
     assert batch.verify_record(tmp_path, record, inputs, source_sha256="a" * 64) is None
     del record["inputs"]  # a record of an older version: what it was made from is unknown
     assert batch.verify_record(tmp_path, record, inputs) == "the record does not say what it was made from"
+
+
+def test_zip_of_the_same_folder_is_the_same_bytes_whatever_the_timestamps(tmp_path):
+    """What the zip promises (the SavedModel inside is not byte-reproducible: README)."""
+    import os
+    import time
+
+    from converter.export import zip_folder
+
+    for i, d in enumerate(("a", "b")):
+        sm = tmp_path / d / "m"
+        names = ["saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"]
+        for name in (names if i == 0 else names[::-1]):  # created in another order
+            (sm / name).parent.mkdir(parents=True, exist_ok=True)
+            (sm / name).write_bytes(name.encode() * 100)
+            os.utime(sm / name, (time.time() - 1000 * i, time.time() - 1000 * i))
+        zip_folder(sm, tmp_path / d / "m.zip")
+    assert (tmp_path / "a" / "m.zip").read_bytes() == (tmp_path / "b" / "m.zip").read_bytes()
