@@ -275,3 +275,27 @@ def test_zip_of_the_same_folder_is_the_same_bytes_whatever_the_timestamps(tmp_pa
             os.utime(sm / name, (time.time() - 1000 * i, time.time() - 1000 * i))
         zip_folder(sm, tmp_path / d / "m.zip")
     assert (tmp_path / "a" / "m.zip").read_bytes() == (tmp_path / "b" / "m.zip").read_bytes()
+
+
+@pytest.mark.parametrize("content, says", [
+    ("[]", "x (not a parity report: the file holds a JSON list)"),
+    ("{not json", "x (unreadable report: "),
+])
+def test_parity_report_script_says_what_is_wrong_in_one_line(tmp_path, content, says):
+    import subprocess
+
+    (tmp_path / "x.parity.json").write_text(content)
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "parity_report.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.strip().splitlines()
+                                                  if line.startswith("error: 1 failed: ")]
+    assert says in result.stderr
+
+
+def test_release_report_leaves_out_a_failed_rerun_beside_published_artifacts(tmp_path):
+    from converter.report import collect
+
+    (tmp_path / "x.parity.json").write_text(json.dumps({"artifact": "x", "passed": True, "checks": {}}))
+    (tmp_path / "x.failed.parity.json").write_text(json.dumps({"artifact": "x", "passed": False, "checks": {}}))
+    assert [(r["artifact"], r["passed"]) for r in collect(tmp_path)] == [("x", True)]

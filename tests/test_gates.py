@@ -2,6 +2,8 @@
 float64 check leaving nothing of itself in what is published."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import TINY_FT, TINY_PT
@@ -208,3 +210,16 @@ def test_saved_model_after_the_float64_check_serves_float32(tmp_path, cfg):
     other = tf.saved_model.load(str(tmp_path / "again" / "t"))  # kept: it owns the variables
     again = other.serve(*args).numpy()
     np.testing.assert_array_equal(out.numpy(), again)
+
+
+def test_failed_rerun_keeps_the_passing_report_of_the_published_files(tmp_path):
+    def run(**kw):
+        return convert(config=TINY_FT, synthetic=True, output_dir=tmp_path, name="t", xla=False, float64=False, **kw)
+
+    assert run()["passed"]
+    published = (tmp_path / "t.parity.json").read_bytes()
+    assert not run(atol=0.0, rtol=0.0)["passed"]
+    assert (tmp_path / "t.parity.json").read_bytes() == published  # still vouches for t.weights.h5, t/, t.zip
+    failed = tmp_path / "t.failed.parity.json"
+    assert json.loads(failed.read_text())["passed"] is False
+    assert run()["passed"] and not failed.exists()  # a passing run clears the stale failure
