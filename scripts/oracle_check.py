@@ -34,7 +34,11 @@ frameworks.load_torch()
 
 import torch  # noqa: E402
 
-from converter.variants import LAYER_NORM_EPS, ArchConfig  # noqa: E402
+from converter.variants import ArchConfig  # noqa: E402
+
+# The official value (modeling_finetune.py / modeling_pretrain.py: partial(nn.LayerNorm, eps=1e-6)),
+# typed here rather than read from converter.variants, so a wrong project constant cannot reach the oracle.
+OFFICIAL_LAYER_NORM_EPS = 1e-6
 
 # The official names of one transformer block's tensors -> transformers' names (qkv is split below).
 _BLOCK = {
@@ -58,7 +62,7 @@ def hf_config(cfg: ArchConfig):
         num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size, hidden_size=cfg.embed_dim,
         num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads, intermediate_size=cfg.mlp_dim,
         hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        layer_norm_eps=LAYER_NORM_EPS, qkv_bias=True,
+        layer_norm_eps=OFFICIAL_LAYER_NORM_EPS, qkv_bias=True,
         # the pre-training encoder ends in a LayerNorm (`encoder.norm`), which transformers applies
         # only without mean pooling
         use_mean_pooling=cfg.use_mean_pooling and not cfg.is_pretrain,
@@ -126,9 +130,9 @@ def build_hf(cfg: ArchConfig, official: dict):
     model.videomae.embeddings.position_embeddings = get_sinusoid_encoding_table(cfg.num_patches, cfg.embed_dim)
     if cfg.is_pretrain:
         model.position_embeddings = get_sinusoid_encoding_table(cfg.num_patches, cfg.decoder_embed_dim)
-        model.decoder.norm.eps = LAYER_NORM_EPS  # transformers leaves it at torch's 1e-5
+        model.decoder.norm.eps = OFFICIAL_LAYER_NORM_EPS  # transformers leaves it at torch's 1e-5
     elif cfg.use_mean_pooling:
-        model.fc_norm.eps = LAYER_NORM_EPS  # transformers leaves it at torch's 1e-5
+        model.fc_norm.eps = OFFICIAL_LAYER_NORM_EPS  # transformers leaves it at torch's 1e-5
     return model.eval()
 
 
