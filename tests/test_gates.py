@@ -223,3 +223,29 @@ def test_failed_rerun_keeps_the_passing_report_of_the_published_files(tmp_path):
     failed = tmp_path / "t.failed.parity.json"
     assert json.loads(failed.read_text())["passed"] is False
     assert run()["passed"] and not failed.exists()  # a passing run clears the stale failure
+
+
+def test_too_tight_tolerance_is_called_float32_rounding_not_a_head_bug(tmp_path):
+    report = convert(config=TINY_PT, stage="pt", synthetic=True, output_dir=tmp_path, name="t", xla=False,
+                     atol=0.0, rtol=0.0)
+    assert not report["passed"] and report["checks"]["float64"]["passed"]
+    assert report["localisation"]["first_divergent"] is None
+    detail = report["checks"]["tf_vs_pt"]["detail"]
+    assert detail.startswith("float32 rounding, not a mapping error: in float64 the two agree to ")
+    assert "head" not in detail
+
+
+def test_a_real_mapping_error_is_never_called_rounding(tmp_path, monkeypatch):
+    import converter.pipeline as pipeline
+
+    real = pipeline.load_into
+
+    def corrupt(model, tensors, rules):
+        tensors = dict(tensors)
+        tensors["head.bias"] = tensors["head.bias"] + 1.0  # in the head: no hidden state diverges
+        return real(model, tensors, rules)
+
+    monkeypatch.setattr(pipeline, "load_into", corrupt)
+    report = convert(config=TINY_FT, synthetic=True, output_dir=tmp_path, name="t", xla=False)
+    assert not report["checks"]["float64"]["passed"]
+    assert report["checks"]["tf_vs_pt"]["detail"].startswith("all hidden states agree: the divergence is in the head")
