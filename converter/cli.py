@@ -123,6 +123,8 @@ def _refuse_what_does_not_apply(given: set[str], values: dict) -> None:
         if ignored:
             raise click.UsageError(f"--all converts the zoo entries as they are: "
                                    f"{', '.join(_flag(o) for o in ignored)} does not apply")
+    if values["num_classes"] is not None and (values["num_classes"] < 1 or values["stage"] != "ft"):
+        raise click.UsageError("--num-classes takes a number >= 1, for a fine-tuned head (--stage ft)")
     if values["pooled"] and not values["encoder_only"]:
         raise click.UsageError("--pooled applies to --encoder-only exports only: add --encoder-only")
     if values["checkpoint"] and values["synthetic"]:

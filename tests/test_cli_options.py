@@ -46,6 +46,8 @@ REFUSED = {
     "nan rtol": (["--synthetic", "--rtol", "nan"], "--rtol must be a finite number >= 0, got nan"),
     "inf atol": (["--synthetic", "--atol", "inf"], "--atol must be a finite number >= 0, got inf"),
     "negative seed": (["--synthetic", "--seed", "-1"], "--seed must be at least 0, got -1"),
+    "num-classes with pt": (["--synthetic", "--stage", "pt", "--num-classes", "10"],
+                            "--num-classes takes a number >= 1, for a fine-tuned head"),
     "zero batch": (["--synthetic", "--batch", "0"], "--batch must be at least 1, got 0"),
     "zero jobs": (["--all", "--synthetic", "--jobs", "0"], "--jobs must be at least 1, got 0"),
     "shard without all": (["--synthetic", "--shard", "1/2"], "--shard only with --all"),
