@@ -5,9 +5,13 @@ Every failure a user can cause ends in one `error:` line and a non-zero exit
 """
 from __future__ import annotations
 
+import json
+import math
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -18,6 +22,7 @@ from .variants import DATASETS, VARIANTS
 
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM exits 143
+TEST_ARCH_ENV = "VMAE_TEST_ARCH_OVERRIDES"
 
 
 def guarded(action: Callable[[], int | None], debug: bool = False) -> None:
@@ -94,6 +99,70 @@ def summary(report: dict) -> str:
     for name, a in report["artifacts"].items():
         lines.append(f"  wrote {a['path']} ({a['size'] / 2**20:.1f} MiB)")
     return "\n".join(lines)
+
+
+def _refuse_what_does_not_apply(given: set[str], values: dict) -> None:
+    """Options that would be ignored, or values no run can use, are refused before any work
+    (one `error:` line, exit 2): a user who passed them believes they took effect."""
+    for option in ("atol", "rtol"):
+        value = values[option]
+        if not (math.isfinite(value) and value >= 0):
+            raise click.UsageError(f"--{option} must be a finite number >= 0, got {value:g}")
+    for option, least in (("seed", 0), ("jobs", 1), ("batch", 1)):
+        if values[option] < least:
+            raise click.UsageError(f"--{option} must be at least {least}, got {values[option]}")
+    if values["list_"]:
+        others = sorted(given - {"list_", "quiet", "debug"})
+        if others:
+            raise click.UsageError(f"--list takes no other option (got {', '.join(_flag(o) for o in others)})")
+        return
+    if not values["all_"]:
+        ignored = sorted(given & {"shard", "jobs", "include_extra"})
+        if ignored:
+            raise click.UsageError(f"{', '.join(_flag(o) for o in ignored)} only with --all: it would be ignored")
+    else:
+        ignored = sorted(given & {"checkpoint", "encoder_only", "pooled", "num_classes", "epochs", "name",
+                                  "registry_entry"})
+        if ignored:
+            raise click.UsageError(f"--all converts the zoo entries as they are: "
+                                   f"{', '.join(_flag(o) for o in ignored)} does not apply")
+    if values["num_classes"] is not None and (values["num_classes"] < 1 or values["stage"] != "ft"):
+        raise click.UsageError("--num-classes takes a number >= 1, for a fine-tuned head (--stage ft)")
+    if values["pooled"] and not values["encoder_only"]:
+        raise click.UsageError("--pooled applies to --encoder-only exports only: add --encoder-only")
+    if values["checkpoint"] and values["synthetic"]:
+        raise click.UsageError("--checkpoint and --synthetic exclude each other: --synthetic converts "
+                               "generated weights, not the file; drop one")
+    if "epochs" in given and (values["synthetic"] or values["checkpoint"]):
+        raise click.UsageError("--epochs picks an official file to fetch; it does not apply with "
+                               f"{'--synthetic' if values['synthetic'] else '--checkpoint'}")
+
+
+def _flag(param: str) -> str:
+    return "--" + param.rstrip("_").replace("_", "-")
+
+
+def test_config(variant: str, dataset: str, stage: str, num_classes: int | None):
+    """$VMAE_TEST_ARCH_OVERRIDES (JSON of ArchConfig fields), for tests only: the official
+    configuration with these changes, so the real CLI, batch included, runs on tiny models.
+    Decoder fields apply to pre-trained entries only."""
+    raw = os.environ.get(TEST_ARCH_ENV)
+    if not raw:
+        return None
+    from .variants import arch_config
+
+    overrides = {k: v for k, v in json.loads(raw).items() if stage == "pt" or not k.startswith("decoder_")}
+    if num_classes:
+        overrides["num_classes"] = num_classes
+    return arch_config(variant, dataset, stage, **overrides)
+
+
+def _test_name(config, variant, dataset, stage, encoder_only, pooled) -> str:
+    """The name the zoo model would get, for a run on a test configuration."""
+    from .pipeline import ConvertOptions, default_name, name_for_classes
+
+    opts = ConvertOptions(variant=variant, dataset=dataset, stage=stage, encoder_only=encoder_only, pooled=pooled)
+    return name_for_classes(default_name(opts), config, opts)
 
 
 class OneLineUsageErrors(click.Command):
@@ -181,10 +250,12 @@ def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, 
     TFVideoMAE_B_SSv2_16x224_FT (..._8x160_FT with --frames 8 --image-size 160). Exits 3 when a
     parity check fails (the report is still written, no artifact is published).
     """
-    progress = _progress(quiet)
-
     def explicit(param: str) -> bool:
         return ctx.get_parameter_source(param) != click.core.ParameterSource.DEFAULT
+
+    values = dict(ctx.params)
+    _refuse_what_does_not_apply({p for p in values if explicit(p)}, values)
+    progress = _progress(quiet)
 
     def run() -> int:
         from .registry import entry_named, find_entry, format_table, load_registry
@@ -205,20 +276,26 @@ def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, 
             path = fetch_checkpoint(entry, progress=not quiet)
         else:
             path = checkpoint
-        from .pipeline import convert
+        from .pipeline import convert, failed_report_path
 
+        chosen = ((entry.variant if entry else variant).upper(), (entry.dataset if entry else dataset).lower(),
+                  entry.stage if entry else stage)
+        config = test_config(*chosen, num_classes)
+        if config is not None:
+            progress(f"test configuration from ${TEST_ARCH_ENV}: {config}")
         report = convert(
-            progress=progress, variant=(entry.variant if entry else variant).upper(),
-            dataset=(entry.dataset if entry else dataset).lower(), stage=entry.stage if entry else stage,
+            progress=progress, variant=chosen[0], dataset=chosen[1], stage=chosen[2], config=config,
             checkpoint=path, synthetic=synthetic, seed=seed, output_dir=output_dir, atol=atol, rtol=rtol,
             batch=batch, num_classes=num_classes, encoder_only=encoder_only, pooled=pooled, float64=float64,
             xla=xla, num_frames=num_frames, image_size=image_size, tflite=tflite,
-            name=name or (entry.artifact if entry and not encoder_only and not (num_frames or image_size) else None),
+            name=name or (entry.artifact if entry and not encoder_only and not (num_frames or image_size) else None)
+            or (config and _test_name(config, *chosen, encoder_only, pooled)),
             synthetic_dir=synthetic_dir,
         )
         click.echo(summary(report))
         if not report["passed"]:
-            click.echo(f"error: parity failed; see {output_dir}/{report['artifact']}.parity.json", err=True)
+            where = failed_report_path(Path(output_dir), report["artifact"])
+            click.echo(f"error: parity failed; see {where}", err=True)
             return 3
         if entry is not None and entry.sha256 is None:
             from .registry import record_sha256
@@ -238,6 +315,9 @@ def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, 
             entries = take_shard(entries, shard)
         if not entries:
             raise VMAEError("no zoo entry matches the filters")
+        from .export import check_writable
+
+        check_writable(output_dir)  # an unusable folder is one line now, not a failure per entry later
         progress(f"{len(entries)} entries: {', '.join(e.artifact for e in entries)}")
         result = run_batch(entries, output_dir, synthetic=synthetic, jobs=jobs, progress=progress, seed=seed,
                            atol=atol, rtol=rtol, batch=batch, float64=float64, xla=xla)

@@ -11,6 +11,7 @@ import datetime as _dt
 import errno
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -134,7 +135,33 @@ def default_name(opts: ConvertOptions) -> str:
     trained = arch_config(opts.variant, opts.dataset, opts.stage)
     name = artifact_name(opts.variant, opts.dataset, opts.stage, opts.num_frames or trained.num_frames,
                          opts.image_size or trained.image_size)
-    return name + "_encoder" if opts.encoder_only else name
+    if opts.encoder_only:
+        # pooled features are another model than the token backbone: never the same file
+        return name + ("_encoder_pooled" if opts.pooled else "_encoder")
+    return name
+
+
+def name_for_classes(name: str, cfg: ArchConfig, opts: ConvertOptions) -> str:
+    """The official release name is the dataset's own head: a head fine-tuned on other classes
+    (read from the file, or --num-classes) gets `_<n>cls` appended, so it never passes for it."""
+    if opts.name or opts.config is not None or cfg.is_pretrain:
+        return name
+    if cfg.num_classes == get_dataset(opts.dataset).num_classes:
+        return name
+    return f"{name}_{cfg.num_classes}cls"
+
+
+def failed_report_path(out_dir: Path, name: str) -> Path:
+    """Where a failed run's report goes. `<name>.parity.json` vouches for the published files beside
+    it: while an earlier run's artifacts are there, a failed re-run reports under another name."""
+    if (out_dir / f"{name}.weights.h5").exists() or (out_dir / name).exists():
+        return out_dir / f"{name}.failed.parity.json"
+    return out_dir / f"{name}.parity.json"
+
+
+def _finite_non_negative(value, option: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise VMAEError(f"{option} must be a finite number >= 0, got {value}")
 
 
 def _validate(opts: ConvertOptions) -> None:
@@ -148,10 +175,21 @@ def _validate(opts: ConvertOptions) -> None:
         raise VMAEError(f"unknown stage {opts.stage!r}; expected ft or pt")
     if opts.encoder_only and opts.stage != "pt":
         raise VMAEError("--encoder-only takes a pre-trained checkpoint: add --stage pt")
+    if opts.pooled and not opts.encoder_only:
+        raise VMAEError("--pooled applies to --encoder-only exports only: add --encoder-only (and --stage pt)")
     if not opts.synthetic and not opts.checkpoint:
         raise VMAEError("no checkpoint: pass --checkpoint PATH or --synthetic")
+    if opts.synthetic and opts.checkpoint:
+        raise VMAEError("--checkpoint and --synthetic exclude each other: --synthetic converts generated "
+                        "weights, not the file; drop one")
     if opts.batch < 1:
         raise VMAEError("--batch must be at least 1")
+    _finite_non_negative(opts.atol, "--atol")
+    _finite_non_negative(opts.rtol, "--rtol")
+    if not isinstance(opts.seed, int) or opts.seed < 0:
+        raise VMAEError(f"--seed must be an integer >= 0, got {opts.seed}")
+    if opts.num_classes is not None and (opts.num_classes < 1 or opts.stage != "ft"):
+        raise VMAEError("--num-classes takes a number >= 1, for a fine-tuned head (--stage ft)")
     trained = opts.config or arch_config(opts.variant, opts.dataset, opts.stage)
     target = with_clip_shape(trained, opts.num_frames, opts.image_size)
     if opts.tflite and target.num_params * 4 >= TFLITE_LIMIT_BYTES:
@@ -166,7 +204,8 @@ def _load(opts: ConvertOptions, name: str, phases: Phases) -> tuple[LoadedCheckp
     if opts.synthetic:
         from .synthetic import write_synthetic_checkpoint
 
-        cfg = opts.config or arch_config(opts.variant, opts.dataset, opts.stage)
+        classes = {"num_classes": opts.num_classes} if opts.num_classes else {}
+        cfg = opts.config or arch_config(opts.variant, opts.dataset, opts.stage, **classes)
         path = Path(opts.synthetic_dir or opts.output_dir) / f"synthetic_{name}_seed{opts.seed}.pth"
         with phases("write synthetic checkpoint"):
             write_synthetic_checkpoint(cfg, path, opts.seed)
@@ -280,6 +319,7 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     tensors, shape_notes = adapt_tensors(tensors, trained, cfg)
     loaded.notes.extend(shape_notes)
     names = class_names(cfg, opts)
+    name = name_for_classes(name, cfg, opts)
     torch = frameworks.load_torch()
     from pt_reference import float64_compute as pt_float64, load_reference
 
@@ -338,6 +378,8 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
             tf64_stages = keras_stages(model, video, mask, "float64", staged=staged)
         checks["float64"] = compare(tf64_stages[-1], pt64_stages[-1][1], 0.0, FLOAT64_ATOL)
         checks["float64"]["gate"] = False  # informative: shows mapping exactness without fp32 noise
+        if rounding_only(checks, localisation):
+            checks["tf_vs_pt"]["detail"] = describe_rounding(checks, opts)
     profile = None
     if opts.float64 and not opts.encoder_only:
         profile = profile_of((pt_stages, tf_stages), (pt64_stages, tf64_stages))
@@ -353,6 +395,7 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
             "dataset": opts.dataset if opts.config is None else None,
             "stage": opts.stage,
             "encoder_only": opts.encoder_only,
+            "pooled": opts.pooled,
             "checkpoint": {
                 "path": str(ckpt_path),
                 "sha256": sha256_file(ckpt_path),
@@ -395,10 +438,11 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     if report is None:  # a failed gate: the report alone, nothing published
         report = make_report({})
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / f"{name}.parity.json", json.dumps(report, indent=2).encode())
+        write_atomic(failed_report_path(out_dir, name), json.dumps(report, indent=2).encode())
     passed = report["passed"]
     if check and not passed:
-        raise ParityError(f"{name}: parity failed ({failed_summary(report)}); report in {out_dir / (name + '.parity.json')}")
+        raise ParityError(f"{name}: parity failed ({failed_summary(report)}); report in "
+                          f"{failed_report_path(out_dir, name)}")
     return report
 
 
@@ -472,7 +516,7 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
         # The commit: a few renames, the report last. A signal now waits for it to end, so a
         # run is either stopped with nothing published or finished with its report.
         with interrupts.held():
-            st.publish([*files, report_file], stale=[out_dir / report_file])
+            st.publish([*files, report_file], stale=[out_dir / report_file, out_dir / f"{name}.failed.parity.json"])
     return report
 
 
@@ -500,6 +544,19 @@ def _check_uint8_endpoint(loaded, cfg, opts) -> dict:
     frames = np.random.default_rng(opts.seed).integers(0, 256, size=shape, dtype=np.uint8)
     return compare(loaded.serve_frames(frames).numpy(), loaded.serve(normalise(frames)).numpy(),
                    opts.rtol, opts.atol)
+
+
+def rounding_only(checks: dict, localisation: dict | None) -> bool:
+    """float32 failed, yet float64 shows the mapping exact and no hidden state diverges: the
+    tolerance asked for is below what float32 arithmetic gives, and nothing is mis-mapped."""
+    return (not checks["tf_vs_pt"]["passed"] and checks.get("float64", {}).get("passed", False)
+            and (localisation is None or localisation["first_divergent"] is None))
+
+
+def describe_rounding(checks: dict, opts: ConvertOptions) -> str:
+    return (f"float32 rounding, not a mapping error: in float64 the two agree to "
+            f"{checks['float64']['max_abs']:.1e}; float32 differs by {checks['tf_vs_pt']['max_abs']:.1e}, "
+            f"more than --atol {opts.atol:g} / --rtol {opts.rtol:g} allow")
 
 
 def _describe_artifact(staged: Path, final: Path) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .batch import load_manifest
 
+FAILED_SUFFIX = ".failed.parity.json"
 CHECKS = ("tf_vs_pt", "float64", "weights_h5", "keras", "saved_model", "saved_model_xla", "saved_model_uint8", "tflite")
 PLOTS = "parity-plots"  # beside parity-report.md: one error-profile PNG per artifact
 
@@ -16,11 +17,17 @@ def collect(folder) -> list[dict]:
     folder = Path(folder)
     rows = []
     for path in sorted(folder.rglob("*.parity.json")):
+        if path.name.endswith(FAILED_SUFFIX):
+            continue  # a failed re-run beside published artifacts: the row is theirs, in <name>.parity.json
         try:
             report = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             rows.append({"artifact": path.name.removesuffix(".parity.json"), "passed": False,
                          "error": f"unreadable report: {err}"})
+            continue
+        if not isinstance(report, dict):
+            rows.append({"artifact": path.name.removesuffix(".parity.json"), "passed": False,
+                         "error": f"not a parity report: the file holds a JSON {type(report).__name__}"})
             continue
         manifest = load_manifest(path.parent)["entries"].get(report.get("artifact"), {})
         checks = report.get("checks", {})

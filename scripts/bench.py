@@ -431,6 +431,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rss-limit-gib", type=float, default=20.0,
                     help="stop a conversion whose resident memory goes past this (protects the machine)")
     args = ap.parse_args(argv)
+    if args.runs < 1:  # a median of no runs is no figure: refuse now, not after minutes of conversions
+        ap.error(f"--runs must be at least 1, got {args.runs}")
+    if args.warmup < 0 or args.pause < 0:
+        ap.error("--warmup and --pause must be >= 0")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     from converter.pipeline import versions

@@ -32,7 +32,9 @@ def main(folder, out_dir, summary_file):
         click.echo(f"error: no *.parity.json under {folder}", err=True)
         sys.exit(1)
     if summary["failed"]:
-        click.echo(f"error: {len(summary['failed'])} failed: {', '.join(summary['failed'])}", err=True)
+        why = {r["artifact"]: f" ({r['error']})" for r in summary["rows"] if "error" in r}
+        named = ", ".join(f"{a}{why.get(a, '')}" for a in summary["failed"])
+        click.echo(f"error: {len(summary['failed'])} failed: {named}", err=True)
         sys.exit(1)
 
 

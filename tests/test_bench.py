@@ -66,3 +66,14 @@ def test_markdown_report_shows_ratio_floor_and_targets():
     assert "| ViT-B | 0.35 GB | 60 s | 2.20 GiB | 2.47 GiB | yes | pass |" in md
     assert "| keras forward | 4.5 (2.2) |" in md
     assert "| **no** |" in bench.markdown(_fake_result(within=False))
+
+
+@pytest.mark.parametrize("argv, says", [(["--runs", "0"], "--runs must be at least 1, got 0"),
+                                        (["--runs", "-2"], "--runs must be at least 1, got -2"),
+                                        (["--warmup", "-1"], "--warmup and --pause must be >= 0")])
+def test_bench_refuses_what_gives_no_figure_before_any_work(argv, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main([*argv, "--out", str(tmp_path / "b")])
+    assert info.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -360,14 +360,33 @@ def _drop_file_permission_override():
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
+def _write_denied(folder) -> str | None:
+    """None when a child process (capabilities dropped) is refused writing into `folder`, else why not:
+    root without CAP_SETPCAP cannot drop the capabilities (prctl fails in the child), and some
+    machines let every process write a 0o555 folder."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", f"open({str(folder / 'x')!r}, 'w')"],
+                               preexec_fn=_drop_file_permission_override, capture_output=True)
+    except subprocess.SubprocessError as err:  # the preexec_fn's OSError, as subprocess reports it
+        return f"cannot drop the file-permission capabilities here ({err})"
+    return "this machine lets every process write a 0o555 folder" if probe.returncode == 0 else None
+
+
+def test_permission_probe_skips_where_capabilities_cannot_be_dropped(tmp_path, monkeypatch):
+    def no_setpcap():
+        raise OSError(errno.EPERM, "prctl(PR_CAPBSET_DROP)")
+
+    monkeypatch.setattr(sys.modules[__name__], "_drop_file_permission_override", no_setpcap)
+    assert _write_denied(tmp_path).startswith("cannot drop the file-permission capabilities")
+
+
 def test_permission_denied_output_dir_is_one_line(tmp_path, tiny_file):
     out = tmp_path / "read_only"
     out.mkdir()
     out.chmod(0o555)
-    probe = subprocess.run([sys.executable, "-c", f"open({str(out / 'x')!r}, 'w')"],
-                           preexec_fn=_drop_file_permission_override, capture_output=True)
-    if probe.returncode == 0:
-        pytest.skip("this machine lets every process write a 0o555 folder")
+    why_not = _write_denied(out)
+    if why_not:
+        pytest.skip(why_not)
     result = subprocess.run([sys.executable, "-m", "converter.cli", "--checkpoint", str(tiny_file),
                              "--output-dir", str(out / "sub"), "--quiet"], cwd=REPO, capture_output=True,
                             text=True, preexec_fn=_drop_file_permission_override, timeout=300)
@@ -498,7 +517,9 @@ def cli_cases(tmp_path_factory, tiny_sd, tiny_file, vit_s):
         "mapping": ["--checkpoint", s_bad],
         "output_is_a_file": ["--checkpoint", s_ft, "--output-dir", folder / "a_file"],
     }
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # a user's environment: no TF_CPP_MIN_LOG_LEVEL to hide what tensorflow would print, should a case
+    # get as far as importing it
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     procs = {}
     for case, args in cases.items():
         out = folder / f"out_{case}"
