@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, frameworks, interrupts
+from . import __version__, families, frameworks, interrupts
 from .checkpoint import LoadedCheckpoint, config_for, read_checkpoint
 from .engine import check_official, load_into
 from .errors import ExportError, MappingError, ParityError, VMAEError, first_line
@@ -36,7 +36,6 @@ from .variants import ArchConfig, arch_config, artifact_name, get_dataset, get_v
 
 # tf_models.export's TFLITE_LIMIT_BYTES, here without importing keras before torch has loaded.
 TFLITE_LIMIT_BYTES = 2**31
-from .videomae_rules import ENCODER_ONLY_DROPPED, rules_for
 
 GATES = ("tf_vs_pt", "weights_h5", "keras", "saved_model", "saved_model_xla", "tflite")
 # In float64 a correct mapping agrees to ~1e-10; a wrong one is off by O(1).
@@ -66,6 +65,11 @@ class ConvertOptions:
     num_frames: int | None = None  # clip shape to export at (default: the checkpoint's, 16x224)
     image_size: int | None = None
     tflite: bool = False  # also write and gate <name>.tflite (LiteRT, batch 1)
+    config_file: str | None = None  # config.json of a transformers weight file given alone
+    # The --variant/--dataset/--stage a user gave for a file that states its own architecture
+    # (config.json): checked against it, not used to build.
+    expect: dict = field(default_factory=dict)
+    reference: str = "auto"  # transformers input: "transformers", "pt_reference" or whichever is installed
     extra: dict = field(default_factory=dict)
 
 
@@ -119,7 +123,8 @@ def _release() -> None:
 
 def versions() -> dict:
     out = {"python": platform.python_version(), "vmae-convert": __version__}
-    for pkg in ("torch", "tensorflow-cpu", "tensorflow", "keras", "numpy", "timm", "h5py"):
+    for pkg in ("torch", "tensorflow-cpu", "tensorflow", "keras", "numpy", "timm", "h5py", "transformers",
+                "safetensors"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
@@ -128,12 +133,20 @@ def versions() -> dict:
 def default_name(opts: ConvertOptions) -> str:
     if opts.name:
         return opts.name
+    if _family(opts) is families.hf:
+        return families.hf.default_name(opts.checkpoint)
     if opts.config is not None:
         return "custom"
     trained = arch_config(opts.variant, opts.dataset, opts.stage)
     name = artifact_name(opts.variant, opts.dataset, opts.stage, opts.num_frames or trained.num_frames,
                          opts.image_size or trained.image_size)
     return name + "_encoder" if opts.encoder_only else name
+
+
+def _family(opts: ConvertOptions):
+    if opts.synthetic or not opts.checkpoint:
+        return families.official
+    return families.detect(opts.checkpoint, opts.config_file)
 
 
 def _validate(opts: ConvertOptions) -> None:
@@ -253,19 +266,28 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     check_writable(out_dir)
     # Everything a user's file can get wrong is checked with torch alone, before tensorflow
     # loads and any model is built: a bad checkpoint is refused in seconds.
-    loaded, ckpt_path = _load(opts, name, phases)
-    tensors = loaded.tensors
-    trained = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes)
-    check_official_keys(tensors, trained)
+    family, details = _family(opts), {}
+    if family is families.official:
+        loaded, ckpt_path = _load(opts, name, phases)
+        tensors = loaded.tensors
+        trained = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes)
+        check_official_keys(tensors, trained)
+    else:  # a family whose files state their architecture; the engine's accounting checks the keys
+        with phases("import torch"):
+            frameworks.load_torch()
+        with phases("load checkpoint"):
+            loaded, ckpt_path, trained, details = family.load(opts)
+        tensors = loaded.tensors
+        opts.encoder_only = opts.encoder_only or details["architecture"] == families.hf.BACKBONE
     cfg = with_clip_shape(trained, opts.num_frames, opts.image_size)
     tensors, shape_notes = adapt_tensors(tensors, trained, cfg)
     loaded.notes.extend(shape_notes)
     torch = frameworks.load_torch()
-    from pt_reference import float64_compute as pt_float64, load_reference
+    from pt_reference import float64_compute as pt_float64
 
     with phases("build pytorch reference"):
         # The checkpoint's own tensors become its weights: no copy, no initial values.
-        reference = load_reference(cfg, {k: torch.from_numpy(v) for k, v in tensors.items()})
+        reference = family.reference(cfg, tensors, details, opts.reference)
     reference_fn = _reference_fn(reference, cfg, opts)
     video = make_video(cfg, opts.batch, opts.seed)
     mask = tube_mask(cfg, opts.batch, opts.seed) if cfg.is_pretrain and not opts.encoder_only else None
@@ -282,10 +304,8 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
         torch, tf, _ = frameworks.load()
     from tf_models import export_saved_model, float64_compute as keras_float64
 
-    rules = rules_for(cfg.is_pretrain and "pt" or "ft", opts.encoder_only)
-    dropped = []
-    if opts.encoder_only:
-        dropped = [k for k in tensors if k.startswith(ENCODER_ONLY_DROPPED)]
+    rules = family.rules(cfg, opts.encoder_only, details.get("architecture"))
+    dropped = family.dropped(tensors, opts.encoder_only)
     mapped = {k: v for k, v in tensors.items() if k not in set(dropped)}
     with phases("build keras model"):
         model = _build(cfg, opts)
@@ -297,7 +317,7 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
         tf_out = _keras_forward(model, video, mask)
     checks["tf_vs_pt"] = compare(tf_out, pt_out, opts.rtol, opts.atol)
     localisation = None
-    if not checks["tf_vs_pt"]["passed"] and not opts.encoder_only:
+    if not checks["tf_vs_pt"]["passed"] and not opts.encoder_only and getattr(reference, "localisable", True):
         with phases("localise divergence"):
             localisation = localise(reference, model, video, mask)
         checks["tf_vs_pt"]["detail"] = describe_localisation(localisation)
@@ -344,6 +364,7 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
             "artifacts": artifacts,
             "timings": phases.seconds,
             "wall_seconds": round(time.time() - started, 3),
+            **family.report_fields(cfg, details),
             "versions": versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv),
