@@ -5,8 +5,10 @@ writes it.
 Its rule table reads one transformers key per line. Two differences from the official layout
 need more than a rename: query/key/value are three [H, H] Linears that become the one fused
 qkv kernel (engine.QKV_LINEAR, key bias never trained), and the q/v biases are spelled two
-ways: `query.bias`/`value.bias` (what transformers 5 saves) and `q_bias`/`v_bias` (the hub
-files, written by transformers 4.x). Both read; `query.bias`/`value.bias` are written.
+ways: `q_bias`/`v_bias` (the hub files, transformers 4.x, and transformers 5.24's
+save_pretrained, which maps its modules' names back) and `query.bias`/`value.bias` (the
+modules' own state dict, what transformers 5 releases before that mapping saved). Both read;
+`q_bias`/`v_bias` are written, the spelling every transformers version loads.
 The architecture comes from config.json, the numerics too (`layer_norm_eps` in the blocks,
 PyTorch's default 1e-5 in fc_norm and decoder.norm); the reference is transformers' own model.
 """
@@ -31,16 +33,17 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 
 
-def block_rules(src: str, dst: str, legacy: bool = True) -> list[Rule]:
-    """One VideoMAELayer; `src`/`dst` carry the {i} index. legacy: also read hub-style q_bias/v_bias."""
+def block_rules(src: str, dst: str, reading: bool = True) -> list[Rule]:
+    """One VideoMAELayer; `src`/`dst` carry the {i} index. reading: also the modules' own
+    query.bias/value.bias spelling (one spelling per weight when writing)."""
     attn = f"{src}.attention.attention"
     rules = [
         Rule(f"{src}.layernorm_before.weight",        f"{dst}/norm1/gamma",       SAME),
         Rule(f"{src}.layernorm_before.bias",          f"{dst}/norm1/beta",        SAME),
         Rule((f"{attn}.query.weight", f"{attn}.key.weight", f"{attn}.value.weight"),
                                                       f"{dst}/attn/qkv/kernel",   QKV_LINEAR),
-        Rule(f"{attn}.query.bias",                    f"{dst}/attn/q_bias",       SAME),  # transformers 5
-        Rule(f"{attn}.value.bias",                    f"{dst}/attn/v_bias",       SAME),
+        Rule(f"{attn}.q_bias",                        f"{dst}/attn/q_bias",       SAME),  # hub, save_pretrained
+        Rule(f"{attn}.v_bias",                        f"{dst}/attn/v_bias",       SAME),
         Rule(f"{src}.attention.output.dense.weight",  f"{dst}/attn/proj/kernel",  LINEAR),
         Rule(f"{src}.attention.output.dense.bias",    f"{dst}/attn/proj/bias",    SAME),
         Rule(f"{src}.layernorm_after.weight",         f"{dst}/norm2/gamma",       SAME),
@@ -50,28 +53,28 @@ def block_rules(src: str, dst: str, legacy: bool = True) -> list[Rule]:
         Rule(f"{src}.output.dense.weight",            f"{dst}/mlp/fc2/kernel",    LINEAR),
         Rule(f"{src}.output.dense.bias",              f"{dst}/mlp/fc2/bias",      SAME),
     ]
-    if legacy:
+    if reading:
         rules += [
-            Rule(f"{attn}.q_bias",                    f"{dst}/attn/q_bias",       SAME),  # hub, transformers 4
-            Rule(f"{attn}.v_bias",                    f"{dst}/attn/v_bias",       SAME),
+            Rule(f"{attn}.query.bias",                f"{dst}/attn/q_bias",       SAME),  # module state dict
+            Rule(f"{attn}.value.bias",                f"{dst}/attn/v_bias",       SAME),
         ]
     return rules
 
 
-def encoder_rules(src: str, dst: str, legacy: bool = True) -> list[Rule]:
+def encoder_rules(src: str, dst: str, reading: bool = True) -> list[Rule]:
     """VideoMAEModel under `src` ("videomae." inside the task models, "" alone) -> Keras `dst`."""
     return [
         Rule(f"{src}embeddings.patch_embeddings.projection.weight", f"{dst}patch_embed/proj/kernel", CONV3D),
         Rule(f"{src}embeddings.patch_embeddings.projection.bias",   f"{dst}patch_embed/proj/bias",   SAME),
-        *block_rules(f"{src}encoder.layer.{{i}}", f"{dst}blocks_{{i}}", legacy),
+        *block_rules(f"{src}encoder.layer.{{i}}", f"{dst}blocks_{{i}}", reading),
         Rule(f"{src}layernorm.weight",  f"{dst}norm/gamma",  SAME),  # use_mean_pooling=False
         Rule(f"{src}layernorm.bias",    f"{dst}norm/beta",    SAME),
     ]
 
 
-def classifier_rules(legacy: bool = True) -> list[Rule]:
+def classifier_rules(reading: bool = True) -> list[Rule]:
     return [
-        *encoder_rules("videomae.", "", legacy),
+        *encoder_rules("videomae.", "", reading),
         Rule("fc_norm.weight",     "fc_norm/gamma",   SAME),  # use_mean_pooling=True
         Rule("fc_norm.bias",       "fc_norm/beta",    SAME),
         Rule("classifier.weight",  "head/kernel",     LINEAR),
@@ -79,16 +82,16 @@ def classifier_rules(legacy: bool = True) -> list[Rule]:
     ]
 
 
-def pretraining_rules(legacy: bool = True) -> list[Rule]:
+def pretraining_rules(reading: bool = True) -> list[Rule]:
     return [
         Rule("videomae.embeddings.patch_embeddings.projection.weight", "encoder_patch_embed/proj/kernel", CONV3D),
         Rule("videomae.embeddings.patch_embeddings.projection.bias",   "encoder_patch_embed/proj/bias",   SAME),
-        *block_rules("videomae.encoder.layer.{i}", "encoder_blocks_{i}", legacy),
+        *block_rules("videomae.encoder.layer.{i}", "encoder_blocks_{i}", reading),
         Rule("videomae.layernorm.weight",   "encoder_norm/gamma",         SAME),
         Rule("videomae.layernorm.bias",     "encoder_norm/beta",          SAME),
         Rule("encoder_to_decoder.weight",   "encoder_to_decoder/kernel",  LINEAR),
         Rule("mask_token",                  "decoder_input/mask_token",   SAME),
-        *block_rules("decoder.decoder_layers.{i}", "decoder_blocks_{i}", legacy),
+        *block_rules("decoder.decoder_layers.{i}", "decoder_blocks_{i}", reading),
         Rule("decoder.norm.weight",         "decoder_norm/gamma",         SAME),
         Rule("decoder.norm.bias",           "decoder_norm/beta",          SAME),
         Rule("decoder.head.weight",         "decoder_head/kernel",        LINEAR),
@@ -100,13 +103,13 @@ def pretraining_rules(legacy: bool = True) -> list[Rule]:
 PRETRAINING_DECODER = ("encoder_to_decoder.", "mask_token", "decoder.")
 
 
-def rules_for(architecture: str, encoder_only: bool = False, legacy: bool = True) -> list[Rule]:
-    """legacy=False: the table that writes (transformers 5 spelling only, one key per weight)."""
+def rules_for(architecture: str, encoder_only: bool = False, reading: bool = True) -> list[Rule]:
+    """reading=False: the table that writes (one spelling per weight)."""
     if architecture == BACKBONE:
-        return encoder_rules("", "", legacy)
+        return encoder_rules("", "", reading)
     if encoder_only:
-        return encoder_rules("videomae.", "", legacy)
-    return pretraining_rules(legacy) if architecture == PRETRAINING else classifier_rules(legacy)
+        return encoder_rules("videomae.", "", reading)
+    return pretraining_rules(reading) if architecture == PRETRAINING else classifier_rules(reading)
 
 
 def architecture_of(cfg) -> str:
@@ -417,7 +420,8 @@ def hf_config(arch, architecture: str, raw: dict | None = None, labels=None):
 
 
 def canonical(tensors: dict) -> dict:
-    """Hub spelling -> the transformers 5 spelling its modules load (q_bias -> query.bias)."""
+    """Hub spelling -> the modules' own names, for a strict load_state_dict (q_bias -> query.bias);
+    a test shows transformers' own from_pretrained builds the same model."""
     out = {}
     for key, value in tensors.items():
         for old, new in ((".attention.attention.q_bias", ".attention.attention.query.bias"),
