@@ -403,7 +403,8 @@ def hf_config(arch, architecture: str, raw: dict | None = None, labels=None):
     fields = dict(hidden_size=arch.embed_dim, num_hidden_layers=arch.depth, num_attention_heads=arch.num_heads,
                   intermediate_size=arch.mlp_dim, patch_size=arch.patch_size, tubelet_size=arch.tubelet_size,
                   num_frames=arch.num_frames, image_size=arch.image_size, num_channels=arch.in_channels,
-                  layer_norm_eps=arch.layer_norm_eps, use_mean_pooling=arch.use_mean_pooling, qv_bias=True,
+                  layer_norm_eps=arch.layer_norm_eps, qv_bias=True,
+                  use_mean_pooling=arch.use_mean_pooling and not arch.is_pretrain,
                   hidden_act="gelu", architectures=[architecture])
     if arch.is_pretrain:
         fields.update(decoder_hidden_size=arch.decoder_embed_dim, decoder_num_hidden_layers=arch.decoder_depth,
@@ -441,6 +442,21 @@ def build_transformers(arch, architecture: str, tensors: dict, raw: dict | None 
     state = {k: torch.from_numpy(v) for k, v in canonical(tensors).items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model
+
+
+def write(tensors: dict, dest: Path, cfg, labels=None, architecture: str | None = None) -> list[Path]:
+    """A folder transformers loads: config.json (this architecture, these numerics, the labels)
+    and model.safetensors under the keys it saves."""
+    from safetensors.numpy import save_file
+
+    architecture = architecture or architecture_of(cfg)
+    dest = Path(dest)
+    dest.mkdir(parents=True)
+    config = hf_config(cfg, architecture, labels=labels)
+    config.to_json_file(dest / "config.json")
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
+              str(dest / "model.safetensors"), metadata={"format": "pt"})
+    return [dest / "config.json", dest / "model.safetensors"]
 
 
 # -- what the pipeline calls ------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def claims(path: Path, config: Path | None) -> bool:
     return config is None and not path.is_dir() and path.suffix != ".safetensors"
 
 
-def write(tensors: dict, dest: Path, cfg=None, labels=None) -> list[Path]:
+def write(tensors: dict, dest: Path, cfg=None, labels=None, architecture=None) -> list[Path]:
     """torch.save({'model': state_dict}) as the official training scripts do, via a temporary name."""
     from .. import frameworks
 
