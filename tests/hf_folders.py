@@ -22,7 +22,8 @@ TINY_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, inter
                tubelet_size=2, num_frames=4, image_size=32, num_channels=3, layer_norm_eps=1e-12,
                qkv_bias=True, hidden_act="gelu", decoder_hidden_size=32, decoder_num_hidden_layers=2,
                decoder_num_attention_heads=2, decoder_intermediate_size=128)
-LABELS = ["abseiling", "air drumming", "answering questions", "applauding", "applying cream", "archery", "arm wrestling"]
+LABELS = ["abseiling", "air drumming", "answering questions", "applauding", "applying cream", "archery",
+          "arm wrestling"]
 
 
 def _fill(name: str, shape, rng) -> torch.Tensor:
@@ -47,7 +48,8 @@ def transformers_model(architecture: str, seed: int = 0, **overrides):
     fields = {**TINY_HF, **overrides}
     if architecture == hf.CLASSIFIER:
         fields.setdefault("use_mean_pooling", True)
-        fields.update(id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+        fields.setdefault("id2label", dict(enumerate(LABELS)))
+        fields.setdefault("label2id", {n: i for i, n in fields["id2label"].items()})
     else:
         fields.setdefault("use_mean_pooling", False)
     config = transformers.VideoMAEConfig(**fields)

@@ -249,3 +249,16 @@ def test_every_rule_is_exercised_by_some_form(tmp_path_factory):
         tensors = Case.get(tmp_path_factory, architecture, style, **overrides)[0].tensors
         used |= {r.source for r in hf.rules_for(architecture) if any(r.match_source(k) for k in tensors)}
     assert {r.source for a in ARCHITECTURES for r in hf.rules_for(a)} - used == set()
+
+
+def test_a_divergence_is_localised_against_transformers(tmp_path_factory):
+    from converter.parity import localise
+
+    ckpt, arch, model, video, mask, _ = Case.get(tmp_path_factory, hf.CLASSIFIER)
+    proj = "videomae.encoder.layer.{i}.attention.output.dense.weight"
+    table = [dataclasses.replace(r, transform=BROKEN[LINEAR.name]) if r.source == proj else r
+             for r in hf.rules_for(hf.CLASSIFIER)]
+    load_into(model, ckpt.tensors, table)
+    reference = TransformersReference(transformers_model(hf.CLASSIFIER, seed=3))
+    found = localise(reference, model, video)
+    assert found["first_divergent"] == "blocks.0" and found["stages"][0]["stage"] == "embedding"

@@ -127,5 +127,6 @@ def test_hf_address_downloads_only_what_it_needs_then_converts(tmp_path, fake_hu
     # A repo that is not there: one line, nothing written.
     result = run_cli("--checkpoint", "hf://MCG-NJU/no-such-repo", "--output-dir", tmp_path / "out2", "--quiet",
                      env=env)
-    assert result.returncode == 2 and result.stderr.strip().startswith("error: cannot download hf://MCG-NJU/no-such-repo: ")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: cannot download hf://MCG-NJU/no-such-repo: ")
     assert len(result.stderr.strip().splitlines()) == 1

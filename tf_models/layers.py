@@ -33,8 +33,9 @@ def exact_gelu(x):
 
 
 def layer_norm(name, dtype=None, eps=LAYER_NORM_EPS):
-    """LayerNorm at the checkpoint's eps (upstream's 1e-6 by default). Under a float16/bfloat16 policy it still computes in float32:
-    the variance of 768 numbers in bfloat16 loses most of its digits."""
+    """LayerNorm at the checkpoint's eps (upstream's 1e-6 by default). Under a float16/bfloat16
+    policy it still computes in float32: the variance of 768 numbers in bfloat16 loses most of
+    its digits."""
     if _is_low_precision(dtype):
         dtype = "float32"
     return layers.LayerNormalization(epsilon=eps, name=name, dtype=dtype)

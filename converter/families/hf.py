@@ -314,7 +314,8 @@ def arch_config(ckpt: HFCheckpoint):
                 != fields["mlp_ratio"]:
             raise CheckpointError("config.json: the decoder's MLP ratio differs from the encoder's; the Keras "
                                   "model uses one ratio for both")
-        fields.update(num_classes=0, decoder_embed_dim=dec, decoder_depth=_field(c, "decoder_num_hidden_layers", int, 4),
+        fields.update(num_classes=0, decoder_embed_dim=dec,
+                      decoder_depth=_field(c, "decoder_num_hidden_layers", int, 4),
                       decoder_num_heads=_field(c, "decoder_num_attention_heads", int, 6), use_mean_pooling=False)
     elif ckpt.architecture == CLASSIFIER:
         head = ckpt.tensors.get("classifier.weight")
@@ -339,7 +340,8 @@ def complete_biases(ckpt: HFCheckpoint, arch, qv_bias: bool) -> None:
     a file saved from such a model has neither spelling, and converting it would silently
     drop trained biases."""
     keys = [k for k in ckpt.tensors if k.endswith((".q_bias", ".v_bias", "query.bias", "value.bias"))]
-    layers = [k.rsplit(".attention.attention.", 1)[0] for k in ckpt.tensors if k.endswith(".attention.attention.query.weight")]
+    query = ".attention.attention.query.weight"
+    layers = [k[: -len(query)] for k in ckpt.tensors if k.endswith(query)]
     if qv_bias and not keys:
         raise CheckpointError("config.json says qkv_bias/qv_bias is true but the weights hold no q/v biases "
                               "(neither attention.attention.q_bias nor query.bias): a file saved after a lossy "
