@@ -262,3 +262,12 @@ def test_a_divergence_is_localised_against_transformers(tmp_path_factory):
     reference = TransformersReference(transformers_model(hf.CLASSIFIER, seed=3))
     found = localise(reference, model, video)
     assert found["first_divergent"] == "blocks.0" and found["stages"][0]["stage"] == "embedding"
+
+
+def test_sharded_folders_read_every_shard(tmp_path):
+    transformers_model(hf.CLASSIFIER, seed=3).save_pretrained(tmp_path / "sharded", max_shard_size="50KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    ckpt = hf.read(tmp_path / "sharded")
+    whole = hf.read(save_transformers(tmp_path / "whole", hf.CLASSIFIER, seed=3))
+    assert ckpt.container == "safetensors shards" and ckpt.tensors.keys() == whole.tensors.keys()
+    assert all(np.array_equal(ckpt.tensors[k], whole.tensors[k]) for k in whole.tensors)
