@@ -1,12 +1,16 @@
 """Checkpoint families: each one a module that says how its files map onto the one Keras model.
 
 A family module has
-  NAME                      its name in reports and on the command line (`--to NAME`)
-  rules(cfg, encoder_only)  its rule table: checkpoint key -> Keras weight path -> transform
-  claims(path, config)      whether a file or folder on disk is in its format
-  write(tensors, dest, cfg, labels)  its files back out, from tensors under its own keys
-and the reading of the architecture and the PyTorch reference it is proven against. The
-engine (accounting both ways), parity, export and the zoo stay shared.
+  NAME                       its name in reports and on the command line (`--to NAME`)
+  claims(path, config)       whether a file or folder on disk is in its format
+  load(opts)                 tensors, the architecture they state, details for the report (the
+                             official family keeps the pipeline's read_checkpoint + config_for path)
+  rules(cfg, encoder_only, architecture)  its rule table: key -> Keras weight path -> transform
+  dropped(tensors, encoder_only)          tensors an encoder-only export leaves behind
+  reference(cfg, tensors, details, choice)  the PyTorch model parity is proven against
+  write(tensors, dest, cfg, labels, architecture)  its files back out, under its own keys
+  report_fields(cfg, details)  what the parity report says about the source
+The engine (accounting both ways), parity, export and the zoo stay shared.
 
   official  MCG-NJU `.pth` (families/official.py): shapes + variant table, pt_reference
   hf        transformers folders (families/hf.py): config.json, transformers' own VideoMAE
