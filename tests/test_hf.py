@@ -271,3 +271,12 @@ def test_sharded_folders_read_every_shard(tmp_path):
     whole = hf.read(save_transformers(tmp_path / "whole", hf.CLASSIFIER, seed=3))
     assert ckpt.container == "safetensors shards" and ckpt.tensors.keys() == whole.tensors.keys()
     assert all(np.array_equal(ckpt.tensors[k], whole.tensors[k]) for k in whole.tensors)
+
+
+def test_encoder_of_a_pretraining_folder_converts_alone(tmp_path):
+    folder = save_hub_style(tmp_path / "videomae-tiny", hf.PRETRAINING)
+    report = convert(checkpoint=str(folder), output_dir=str(tmp_path / "out"), xla=False, float64=False,
+                     encoder_only=True, stage="pt", pooled=True)
+    assert report["passed"] and report["encoder_only"] and report["output_shape"] == [1, 64]
+    # encoder_to_decoder, mask_token; 2 decoder layers of 15 tensors; decoder norm and head
+    assert report["tensors_dropped"] == 2 + 2 * 15 + 4
