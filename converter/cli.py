@@ -16,7 +16,7 @@ from typing import Callable
 
 import click
 
-from . import interrupts, native_stderr
+from . import hub, interrupts, native_stderr
 from .errors import VMAEError
 from .variants import DATASETS, VARIANTS
 
@@ -190,8 +190,14 @@ class OneLineUsageErrors(click.Command):
               show_default=True, help="Training data of the checkpoint: sets classes, mask ratio, artifact name.")
 @click.option("--stage", type=click.Choice(["ft", "pt"]), default="ft", show_default=True,
               help="ft: fine-tuned classifier; pt: pre-trained masked autoencoder.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="Official .pth file (state dict bare or under 'model'/'module').")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Official .pth file (state dict bare or under 'model'/'module'), a transformers folder "
+                   "(config.json + model.safetensors or pytorch_model.bin), or hf://owner/repo[@revision].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="config.json of a transformers weight file given alone (model.safetensors, .bin).")
+@click.option("--reference", type=click.Choice(["auto", "transformers", "pt_reference"]), default="auto",
+              show_default=True, help="Transformers input: prove parity against transformers' own VideoMAE "
+                                      "or pt_reference at the file's numerics (auto: transformers when installed).")
 @click.option("--synthetic", is_flag=True,
               help="Generate an official-format checkpoint with random non-zero weights and convert it.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -231,7 +237,7 @@ class OneLineUsageErrors(click.Command):
 @click.option("--quiet", is_flag=True, help="No progress lines; only the summary.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
-def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, atol, rtol, batch, num_classes,
+def main(ctx, variant, dataset, stage, checkpoint, config_file, reference, synthetic, seed, output_dir, atol, rtol, batch, num_classes,
          encoder_only, pooled, float64, xla, num_frames, image_size, tflite, epochs, list_, all_, include_extra, shard, jobs, name,
          synthetic_dir, registry_entry, quiet, debug):
     """Convert an official VideoMAE checkpoint to Keras/TensorFlow and prove parity.
@@ -276,6 +282,11 @@ def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, 
             path = fetch_checkpoint(entry, progress=not quiet)
         else:
             path = checkpoint
+        hub_name = None
+        if checkpoint and hub.is_hub(checkpoint):
+            progress(f"checkpoint: {checkpoint} (huggingface_hub cache)")
+            path = str(hub.fetch(checkpoint))
+            hub_name = hub.artifact_name(checkpoint)  # the cache folder is named by commit
         from .pipeline import convert, failed_report_path
 
         chosen = ((entry.variant if entry else variant).upper(), (entry.dataset if entry else dataset).lower(),
@@ -288,9 +299,13 @@ def main(ctx, variant, dataset, stage, checkpoint, synthetic, seed, output_dir, 
             checkpoint=path, synthetic=synthetic, seed=seed, output_dir=output_dir, atol=atol, rtol=rtol,
             batch=batch, num_classes=num_classes, encoder_only=encoder_only, pooled=pooled, float64=float64,
             xla=xla, num_frames=num_frames, image_size=image_size, tflite=tflite,
-            name=name or (entry.artifact if entry and not encoder_only and not (num_frames or image_size) else None)
-            or (config and _test_name(config, *chosen, encoder_only, pooled)),
-            synthetic_dir=synthetic_dir,
+            name=name or hub_name or (entry.artifact if entry and not encoder_only and not (num_frames or image_size)
+                                      else None) or (config and _test_name(config, *chosen, encoder_only, pooled)),
+            synthetic_dir=synthetic_dir, config_file=config_file, reference=reference,
+            # a file that states its architecture (config.json) is checked against what was asked
+            expect={"variant": variant.upper() if explicit("variant") else None,
+                    "dataset": dataset.lower() if explicit("dataset") else None,
+                    "stage": stage if explicit("stage") else None},
         )
         click.echo(summary(report))
         if not report["passed"]:

@@ -64,7 +64,10 @@ def reference_stages(reference, video: np.ndarray, mask=None, dtype="float32") -
         if mask is None:
             states = reference.hidden_states(x)
             names = ["embedding"] + [f"blocks.{i}" for i in range(len(states) - 1)]
-            named = list(zip(names, states)) + [("output", reference.head_from_tokens(states[-1]))]
+            # pt_reference finishes from its last tokens; another reference runs its own forward
+            head = getattr(reference, "head_from_tokens", None)
+            out = head(states[-1]) if head is not None else reference(x)
+            named = list(zip(names, states)) + [("output", out)]
         else:
             m = torch.from_numpy(mask)
             enc = reference.encoder

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, frameworks, interrupts
+from . import __version__, families, frameworks, interrupts
 from .checkpoint import LoadedCheckpoint, config_for, read_checkpoint
 from .engine import check_official, load_into
 from .errors import ExportError, MappingError, ParityError, VMAEError, first_line
@@ -32,10 +32,9 @@ from .export import (Staging, check_writable, describe_os_error, save_weights_h5
                      write_atomic, zip_folder)
 from .masking import tube_mask
 from .parity import (compare, describe_localisation, keras_inputs, keras_stages, locate, make_video, profile_of,
-                     reference_stages)
+                     reference_stages, run_reference)
 from .clip_shape import adapt_tensors, with_clip_shape
 from .variants import ArchConfig, arch_config, artifact_name, get_dataset, get_variant
-from .videomae_rules import ENCODER_ONLY_DROPPED, rules_for
 
 GATES = ("tf_vs_pt", "weights_h5", "keras", "saved_model", "saved_model_xla", "saved_model_uint8", "tflite")
 # tf_models.export's TFLITE_LIMIT_BYTES, here without importing keras before torch has loaded.
@@ -68,6 +67,11 @@ class ConvertOptions:
     image_size: int | None = None
     tflite: bool = False  # also write and gate <name>.tflite (LiteRT, batch 1)
     labels: list[str] | None = None  # class names of a custom head (zoo datasets: tf_models.labels)
+    config_file: str | None = None  # config.json of a transformers weight file given alone
+    # The --variant/--dataset/--stage a user gave for a file that states its own architecture
+    # (config.json): checked against it, not used to build.
+    expect: dict = field(default_factory=dict)
+    reference: str = "auto"  # transformers input: "transformers", "pt_reference" or whichever is installed
     extra: dict = field(default_factory=dict)
 
 
@@ -121,7 +125,8 @@ def _release() -> None:
 
 def versions() -> dict:
     out = {"python": platform.python_version(), "vmae-convert": __version__}
-    for pkg in ("torch", "tensorflow-cpu", "tensorflow", "keras", "numpy", "timm", "h5py"):
+    for pkg in ("torch", "tensorflow-cpu", "tensorflow", "keras", "numpy", "timm", "h5py", "transformers",
+                "safetensors"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
@@ -130,6 +135,8 @@ def versions() -> dict:
 def default_name(opts: ConvertOptions) -> str:
     if opts.name:
         return opts.name
+    if _family(opts) is families.hf:
+        return families.hf.default_name(opts.checkpoint)
     if opts.config is not None:
         return "custom"
     trained = arch_config(opts.variant, opts.dataset, opts.stage)
@@ -162,6 +169,12 @@ def failed_report_path(out_dir: Path, name: str) -> Path:
 def _finite_non_negative(value, option: str) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise VMAEError(f"{option} must be a finite number >= 0, got {value}")
+
+
+def _family(opts: ConvertOptions):
+    if opts.synthetic or not opts.checkpoint:
+        return families.official
+    return families.detect(opts.checkpoint, opts.config_file)
 
 
 def _validate(opts: ConvertOptions) -> None:
@@ -251,9 +264,13 @@ def _writing(where, tf):
 
 def _reference_fn(reference, cfg, opts):
     """What the PyTorch side computes for this conversion, as f(video, mask, dtype) -> stages:
-    [(stage, tokens), ..., ("output", result)] from one forward (the output alone for a backbone)."""
-    if not opts.encoder_only:
+    [(stage, tokens), ..., ("output", result)], from one forward for `pt_reference`; the output
+    alone for a backbone, or for a reference whose hidden states are not comparable block by block
+    (transformers' pre-training model)."""
+    if not opts.encoder_only and getattr(reference, "localisable", True):
         return lambda video, mask, dtype: reference_stages(reference, video, mask, dtype)
+    if not opts.encoder_only:
+        return lambda video, mask, dtype: [("output", run_reference(reference, video, mask, dtype))]
 
     torch = frameworks.load_torch()
 
@@ -311,21 +328,30 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     check_writable(out_dir)
     # Everything a user's file can get wrong is checked with torch alone, before tensorflow
     # loads and any model is built: a bad checkpoint is refused in seconds.
-    loaded, ckpt_path = _load(opts, name, phases)
-    tensors = loaded.tensors
-    trained = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes)
-    check_official_keys(tensors, trained)
+    family, details = _family(opts), {}
+    if family is families.official:
+        loaded, ckpt_path = _load(opts, name, phases)
+        tensors = loaded.tensors
+        trained = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes)
+        check_official_keys(tensors, trained)
+    else:  # a family whose files state their architecture; the engine's accounting checks the keys
+        with phases("import torch"):
+            frameworks.load_torch()
+        with phases("load checkpoint"):
+            loaded, ckpt_path, trained, details = family.load(opts)
+        tensors = loaded.tensors
+        opts.encoder_only = opts.encoder_only or details["architecture"] == families.hf.BACKBONE
     cfg = with_clip_shape(trained, opts.num_frames, opts.image_size)
     tensors, shape_notes = adapt_tensors(tensors, trained, cfg)
     loaded.notes.extend(shape_notes)
     names = class_names(cfg, opts)
     name = name_for_classes(name, cfg, opts)
     torch = frameworks.load_torch()
-    from pt_reference import float64_compute as pt_float64, load_reference
+    from pt_reference import float64_compute as pt_float64
 
     with phases("build pytorch reference"):
         # The checkpoint's own tensors become its weights: no copy, no initial values.
-        reference = load_reference(cfg, {k: torch.from_numpy(v) for k, v in tensors.items()})
+        reference = family.reference(cfg, tensors, details, opts.reference)
     reference_fn = _reference_fn(reference, cfg, opts)
     video = make_video(cfg, opts.batch, opts.seed)
     mask = tube_mask(cfg, opts.batch, opts.seed) if cfg.is_pretrain and not opts.encoder_only else None
@@ -345,10 +371,8 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
         torch, tf, _ = frameworks.load()
     from tf_models import export_saved_model, float64_compute as keras_float64, hidden_state_model
 
-    rules = rules_for(cfg.is_pretrain and "pt" or "ft", opts.encoder_only)
-    dropped = []
-    if opts.encoder_only:
-        dropped = [k for k in tensors if k.startswith(ENCODER_ONLY_DROPPED)]
+    rules = family.rules(cfg, opts.encoder_only, details.get("architecture"))
+    dropped = family.dropped(tensors, opts.encoder_only)
     mapped = {k: v for k, v in tensors.items() if k not in set(dropped)}
     with phases("build keras model"):
         model = _build(cfg, opts)
@@ -356,13 +380,13 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
         assignments = load_into(model, mapped, rules)
 
     checks: dict[str, dict] = {}
-    staged = model if opts.encoder_only else hidden_state_model(model, with_output=True)
+    staged = hidden_state_model(model, with_output=True) if len(pt_stages) > 1 else model
     with phases("keras forward"):
         tf_stages = keras_stages(model, video, mask, staged=staged)
     tf_out = tf_stages[-1]
     checks["tf_vs_pt"] = compare(tf_out, pt_out, opts.rtol, opts.atol)
     localisation = None
-    if not checks["tf_vs_pt"]["passed"] and not opts.encoder_only:
+    if not checks["tf_vs_pt"]["passed"] and len(pt_stages) > 1:
         localisation = locate(pt_stages[:-1], tf_stages[:-1])
         checks["tf_vs_pt"]["detail"] = describe_localisation(localisation)
 
@@ -381,7 +405,7 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
         if rounding_only(checks, localisation):
             checks["tf_vs_pt"]["detail"] = describe_rounding(checks, opts)
     profile = None
-    if opts.float64 and not opts.encoder_only:
+    if opts.float64 and len(pt_stages) > 1:
         profile = profile_of((pt_stages, tf_stages), (pt64_stages, tf64_stages))
     del staged, pt_stages, tf_stages
     if opts.float64:
@@ -419,6 +443,7 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
             "artifacts": artifacts,
             "timings": phases.seconds,
             "wall_seconds": round(time.time() - started, 3),
+            **family.report_fields(cfg, details),
             "versions": versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv),

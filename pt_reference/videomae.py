@@ -29,8 +29,8 @@ def sinusoid_table(num_tokens: int, dim: int) -> np.ndarray:
     return angles.astype(np.float32)
 
 
-def _layer_norm(dim: int) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+def _layer_norm(dim: int, eps: float = LAYER_NORM_EPS) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=eps)
 
 
 class PatchEmbed(nn.Module):
@@ -68,12 +68,13 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_dim, layer_scale=False, drop_path=0.0, use_sdpa=False):
+    def __init__(self, dim, num_heads, mlp_dim, layer_scale=False, drop_path=0.0, use_sdpa=False,
+                 eps=LAYER_NORM_EPS):
         super().__init__()
-        self.norm1 = _layer_norm(dim)
+        self.norm1 = _layer_norm(dim, eps)
         self.attn = Attention(dim, num_heads, use_sdpa)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = _layer_norm(dim)
+        self.norm2 = _layer_norm(dim, eps)
         self.mlp = Mlp(dim, mlp_dim, act_layer=nn.GELU)
         if layer_scale:
             self.gamma_1 = nn.Parameter(torch.full((dim,), 0.1))
@@ -92,7 +93,7 @@ class Block(nn.Module):
 def _blocks(cfg: ArchConfig, dim, depth, heads, mlp_dim, drop_path_rate=0.0, use_sdpa=False):
     rates = np.linspace(0, drop_path_rate, depth) if depth else []
     return nn.ModuleList(
-        Block(dim, heads, mlp_dim, cfg.layer_scale, float(r), use_sdpa) for r in rates
+        Block(dim, heads, mlp_dim, cfg.layer_scale, float(r), use_sdpa, cfg.layer_norm_eps) for r in rates
     )
 
 
@@ -111,8 +112,8 @@ class VideoMAEClassifier(nn.Module):
             self.register_buffer("pos_table", table, persistent=False)
             self.pos_embed = None
         self.blocks = _blocks(cfg, dim, cfg.depth, cfg.num_heads, cfg.mlp_dim, drop_path_rate, use_sdpa)
-        self.norm = nn.Identity() if cfg.use_mean_pooling else _layer_norm(dim)
-        self.fc_norm = _layer_norm(dim) if cfg.use_mean_pooling else None
+        self.norm = nn.Identity() if cfg.use_mean_pooling else _layer_norm(dim, cfg.layer_norm_eps)
+        self.fc_norm = _layer_norm(dim, cfg.head_norm_eps) if cfg.use_mean_pooling else None
         self.head = nn.Linear(dim, cfg.num_classes)
 
     def hidden_states(self, x) -> list[torch.Tensor]:
@@ -144,7 +145,7 @@ class PretrainEncoder(nn.Module):
             "pos_table", torch.from_numpy(sinusoid_table(cfg.num_patches, dim))[None], persistent=False
         )
         self.blocks = _blocks(cfg, dim, cfg.depth, cfg.num_heads, cfg.mlp_dim, use_sdpa=use_sdpa)
-        self.norm = _layer_norm(dim)
+        self.norm = _layer_norm(dim, cfg.layer_norm_eps)
 
 
 class PretrainDecoder(nn.Module):
@@ -154,7 +155,7 @@ class PretrainDecoder(nn.Module):
         self.blocks = _blocks(
             cfg, dim, cfg.decoder_depth, cfg.decoder_num_heads, cfg.decoder_mlp_dim, use_sdpa=use_sdpa
         )
-        self.norm = _layer_norm(dim)
+        self.norm = _layer_norm(dim, cfg.head_norm_eps)
         self.head = nn.Linear(dim, cfg.patch_pixels)
 
 

@@ -63,10 +63,10 @@ sys.meta_path.insert(0, _NoisyTensorflow())
 """
 
 
-def run_cli(*args, cwd=None, timeout=900, env=None):
+def run_cli(*args, cwd=None, timeout=900, env=None, module="converter.cli"):
     """The CLI in a fresh interpreter, as a user runs it (tensorflow's native noise included)."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    code = NOISY_TENSORFLOW + "\nimport runpy\nrunpy.run_module('converter.cli', run_name='__main__')\n"
+    code = NOISY_TENSORFLOW + f"\nimport runpy\nrunpy.run_module({module!r}, run_name='__main__')\n"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 

@@ -79,7 +79,7 @@ def test_wrong_mapping_fails_with_localised_block_and_publishes_nothing(tmp_path
 def test_check_true_raises_parity_error(tmp_path, monkeypatch):
     from converter.errors import ParityError
 
-    monkeypatch.setattr("converter.pipeline.rules_for", lambda *a, **k: [
+    monkeypatch.setattr("converter.families.official.rules_for", lambda *a, **k: [
         engine.Rule(r.source, r.target, engine.SAME) if r.source == "blocks.{i}.attn.proj.weight" else r
         for r in FINETUNED])
     with pytest.raises(ParityError, match="tf_vs_pt"):

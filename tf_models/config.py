@@ -42,6 +42,11 @@ class ArchConfig:
     decoder_depth: int = 0
     decoder_num_heads: int = 0
     mask_ratio: float = 0.9
+    # LayerNorm eps, as the checkpoint's own code computes: the official code uses 1e-6
+    # everywhere; transformers uses config.layer_norm_eps (1e-12 on the hub) in the blocks and
+    # the encoder's final norm, and PyTorch's default 1e-5 in fc_norm and the decoder's norm.
+    layer_norm_eps: float = LAYER_NORM_EPS  # blocks (encoder and decoder), `norm`, `encoder.norm`
+    head_norm_eps: float = LAYER_NORM_EPS  # `fc_norm`, `decoder.norm`
 
     def __post_init__(self):
         problem = self.shape_problem()

@@ -32,12 +32,13 @@ def exact_gelu(x):
     return x * 0.5 * (1.0 + ops.erf(x * 0.7071067811865476))
 
 
-def layer_norm(name, dtype=None):
-    """LayerNorm at upstream's eps. Under a float16/bfloat16 policy it still computes in float32:
-    the variance of 768 numbers in bfloat16 loses most of its digits."""
+def layer_norm(name, dtype=None, eps=LAYER_NORM_EPS):
+    """LayerNorm at the checkpoint's eps (upstream's 1e-6 by default). Under a float16/bfloat16
+    policy it still computes in float32: the variance of 768 numbers in bfloat16 loses most of
+    its digits."""
     if _is_low_precision(dtype):
         dtype = "float32"
-    return layers.LayerNormalization(epsilon=LAYER_NORM_EPS, name=name, dtype=dtype)
+    return layers.LayerNormalization(epsilon=eps, name=name, dtype=dtype)
 
 
 def _is_low_precision(dtype) -> bool:
@@ -222,14 +223,14 @@ class Block(layers.Layer):
     """Pre-norm transformer block, with optional layer scale (`gamma_1`, `gamma_2`)."""
 
     def __init__(self, dim, num_heads, mlp_dim, layer_scale=False, drop_path=0.0, dropout=0.0,
-                 **kwargs):
+                 norm_eps=LAYER_NORM_EPS, **kwargs):
         super().__init__(**kwargs)
-        self.dim, self.num_heads, self.mlp_dim = dim, num_heads, mlp_dim
+        self.dim, self.num_heads, self.mlp_dim, self.norm_eps = dim, num_heads, mlp_dim, norm_eps
         self.layer_scale, self.drop_path_rate, self.dropout = layer_scale, drop_path, dropout
         policy = self.dtype_policy
-        self.norm1 = layer_norm("norm1", policy)
+        self.norm1 = layer_norm("norm1", policy, norm_eps)
         self.attn = Attention(dim, num_heads, name="attn", dtype=policy)
-        self.norm2 = layer_norm("norm2", policy)
+        self.norm2 = layer_norm("norm2", policy, norm_eps)
         self.mlp = MLP(dim, mlp_dim, dropout, name="mlp", dtype=policy)
         self.drop_path = DropPath(drop_path, dtype=policy)
 
@@ -260,7 +261,7 @@ class Block(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads,
                 "mlp_dim": self.mlp_dim, "layer_scale": self.layer_scale,
-                "drop_path": self.drop_path_rate, "dropout": self.dropout}
+                "drop_path": self.drop_path_rate, "dropout": self.dropout, "norm_eps": self.norm_eps}
 
 
 @keras.saving.register_keras_serializable(PACKAGE)

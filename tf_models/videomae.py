@@ -38,7 +38,7 @@ def _encoder_tokens(cfg, video, prefix, dtype):
 def _stack(x, cfg, prefix, depth, dim, heads, mlp_dim, dtype, drop_path_rate=0.0, dropout=0.0):
     rates = np.linspace(0, drop_path_rate, depth) if depth else []
     for i, rate in enumerate(rates):
-        x = Block(dim, heads, mlp_dim, cfg.layer_scale, float(rate), dropout,
+        x = Block(dim, heads, mlp_dim, cfg.layer_scale, float(rate), dropout, cfg.layer_norm_eps,
                   name=f"{prefix}blocks_{i}", dtype=dtype)(x)
     return x
 
@@ -58,9 +58,10 @@ def build_classifier(cfg: ArchConfig, dtype=None, drop_path_rate=0.0, dropout=0.
     wide = _float32_if_low(dtype)
     if cfg.use_mean_pooling:
         x = layers.GlobalAveragePooling1D(name="pool", dtype=wide)(x)
-        x = layer_norm("fc_norm", dtype)(x)
+        x = layer_norm("fc_norm", dtype, cfg.head_norm_eps)(x)
     else:
-        x = TokenSlice(0, squeeze=True, name="first_token", dtype=wide)(layer_norm("norm", dtype)(x))
+        x = layer_norm("norm", dtype, cfg.layer_norm_eps)(x)
+        x = TokenSlice(0, squeeze=True, name="first_token", dtype=wide)(x)
     x = layers.Dropout(head_dropout, name="head_dropout", dtype=wide)(x)
     logits = layers.Dense(cfg.num_classes, name="head", dtype=wide)(x)
     return keras.Model(video, logits, name=name)
@@ -81,14 +82,14 @@ def build_pretrain(cfg: ArchConfig, dtype=None, name="videomae_pretrain") -> ker
     order = MaskedTokenOrder(cfg.num_patches, name="mask_order")(mask)
     x = VisibleTokens(cfg.num_visible, name="visible_tokens", dtype=dtype)(tokens, order)
     x = _stack(x, cfg, "encoder_", cfg.depth, cfg.embed_dim, cfg.num_heads, cfg.mlp_dim, dtype)
-    x = layer_norm("encoder_norm", dtype)(x)
+    x = layer_norm("encoder_norm", dtype, cfg.layer_norm_eps)(x)
     x = layers.Dense(cfg.decoder_embed_dim, use_bias=False, name="encoder_to_decoder", dtype=dtype)(x)
     x = DecoderInput(cfg.num_patches, cfg.decoder_embed_dim, cfg.num_visible, name="decoder_input",
                      dtype=dtype)(x, order)
     x = _stack(x, cfg, "decoder_", cfg.decoder_depth, cfg.decoder_embed_dim, cfg.decoder_num_heads,
                cfg.decoder_mlp_dim, dtype)
     x = TokenSlice(cfg.num_visible, name="masked_tokens", dtype=dtype)(x)
-    x = layer_norm("decoder_norm", dtype)(x)
+    x = layer_norm("decoder_norm", dtype, cfg.head_norm_eps)(x)
     out = layers.Dense(cfg.patch_pixels, name="decoder_head", dtype=_float32_if_low(dtype))(x)
     return keras.Model([video, mask], out, name=name)
 
@@ -105,7 +106,7 @@ def build_backbone(cfg: ArchConfig, pooled=False, dtype=None, drop_path_rate=0.0
     x = _encoder_tokens(cfg, video, "", dtype)
     x = _stack(x, cfg, "", cfg.depth, cfg.embed_dim, cfg.num_heads, cfg.mlp_dim, dtype,
                drop_path_rate, dropout)
-    x = layer_norm("norm", dtype)(x)
+    x = layer_norm("norm", dtype, cfg.layer_norm_eps)(x)
     if pooled:
         x = layers.GlobalAveragePooling1D(name="pool", dtype=_float32_if_low(dtype))(x)
     return keras.Model(video, x, name=name)
