@@ -151,7 +151,7 @@ def default_name(opts: ConvertOptions) -> str:
 def name_for_classes(name: str, cfg: ArchConfig, opts: ConvertOptions) -> str:
     """The official release name is the dataset's own head: a head fine-tuned on other classes
     (read from the file, or --num-classes) gets `_<n>cls` appended, so it never passes for it."""
-    if opts.name or opts.config is not None or cfg.is_pretrain:
+    if opts.name or opts.config is not None or cfg.is_pretrain or _family(opts) is not families.official:
         return name
     if cfg.num_classes == get_dataset(opts.dataset).num_classes:
         return name
