@@ -6,8 +6,6 @@ block and names the first one that diverges, so a mapping bug is located, not on
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from . import frameworks
@@ -142,18 +140,3 @@ def describe_localisation(loc: dict) -> str:
     i = before.index(first)
     agree = f"; {before[0]}..{before[i - 1]} agree" if i > 0 else ""
     return f"first divergence at {first}{agree}"
-
-
-def error_profile(reference, model, video: np.ndarray, mask=None) -> dict:
-    """The per-stage error profile on fresh forwards (the pipeline reuses its own instead)."""
-    from pt_reference import float64_compute as pt_float64
-    from tf_models import float64_compute as keras_float64
-
-    pairs = []
-    for dtype in ("float32", "float64"):
-        exact = dtype == "float64"
-        with pt_float64(reference) if exact else contextlib.nullcontext():
-            expected = reference_stages(reference, video, mask, dtype)
-        with keras_float64(model) if exact else contextlib.nullcontext():
-            pairs.append((expected, keras_stages(model, video, mask, dtype)))
-    return profile_of(*pairs)
