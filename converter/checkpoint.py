@@ -288,8 +288,8 @@ def describe(tensors: dict[str, np.ndarray]) -> dict:
     return info
 
 
-def _what_it_is(info: dict) -> str:
-    v = variant_for_width(info["embed_dim"])
+def _what_it_is(info: dict, generation: str = "v1") -> str:
+    v = variant_for_width(info["embed_dim"], generation)
     name = f"ViT-{v}" if v else f"an encoder of width {info['embed_dim']}"
     kind = "pre-trained (masked autoencoder)" if info["stage"] == "pt" else "fine-tuned classifier"
     extra = ""
@@ -300,25 +300,25 @@ def _what_it_is(info: dict) -> str:
 
 
 def config_for(tensors: dict[str, np.ndarray], variant: str, dataset: str, stage: str,
-               num_classes: int | None = None, **overrides) -> ArchConfig:
+               num_classes: int | None = None, generation: str = "v1", **overrides) -> ArchConfig:
     """The official configuration for the request, checked against what the file holds.
 
     A file of another variant, stage or dataset is refused with what it actually is, since
     converting it into the requested architecture would either fail late or silently lie.
     """
     info = describe(tensors)
-    v = get_variant(variant)
-    what = _what_it_is(info)
+    v = get_variant(variant, generation)
+    what = _what_it_is(info, generation)
     if info["stage"] != stage:
         want = "pre-trained (--stage pt)" if stage == "pt" else "fine-tuned (--stage ft)"
         raise VariantMismatchError(f"checkpoint is a {what}, not {want}: pass --stage {info['stage']}")
     # Same width, other depth: blocks are missing or extra, which the key check lists by name.
     if info["embed_dim"] != v.embed_dim:
-        fits = variant_for_width(info["embed_dim"])
+        fits = variant_for_width(info["embed_dim"], generation)
         hint = f": pass --variant {fits}" if fits else ""
         raise VariantMismatchError(f"checkpoint is a {what}, not ViT-{v.name} "
                                    f"(embed dim {v.embed_dim}, depth {v.depth}){hint}")
-    cfg = arch_config(v.name, dataset, stage, **overrides)
+    cfg = arch_config(v.name, dataset, stage, generation, **overrides)
     if stage == "pt":
         if (info["decoder_embed_dim"], info["decoder_depth"]) != (cfg.decoder_embed_dim, cfg.decoder_depth):
             # Depth is a training-script argument upstream; trust the file when the width agrees.

@@ -18,7 +18,7 @@ import click
 
 from . import hub, interrupts, native_stderr
 from .errors import VMAEError
-from .variants import DATASETS, VARIANTS
+from .variants import DATASETS, V2_VARIANTS, VARIANTS, generation_for
 
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM exits 143
@@ -122,7 +122,7 @@ def _refuse_what_does_not_apply(given: set[str], values: dict) -> None:
             raise click.UsageError(f"{', '.join(_flag(o) for o in ignored)} only with --all: it would be ignored")
     else:
         ignored = sorted(given & {"checkpoint", "encoder_only", "pooled", "num_classes", "epochs", "name",
-                                  "registry_entry"})
+                                  "registry_entry", "remap_head"})
         if ignored:
             raise click.UsageError(f"--all converts the zoo entries as they are: "
                                    f"{', '.join(_flag(o) for o in ignored)} does not apply")
@@ -142,7 +142,7 @@ def _flag(param: str) -> str:
     return "--" + param.rstrip("_").replace("_", "-")
 
 
-def test_config(variant: str, dataset: str, stage: str, num_classes: int | None):
+def test_config(variant: str, dataset: str, stage: str, num_classes: int | None, family: str | None = None):
     """$VMAE_TEST_ARCH_OVERRIDES (JSON of ArchConfig fields), for tests only: the official
     configuration with these changes, so the real CLI, batch included, runs on tiny models.
     Decoder fields apply to pre-trained entries only."""
@@ -154,14 +154,16 @@ def test_config(variant: str, dataset: str, stage: str, num_classes: int | None)
     overrides = {k: v for k, v in json.loads(raw).items() if stage == "pt" or not k.startswith("decoder_")}
     if num_classes:
         overrides["num_classes"] = num_classes
-    return arch_config(variant, dataset, stage, **overrides)
+    generation = "v2" if (family or "") == "v2" or generation_for(variant, dataset, stage) == "v2" else "v1"
+    return arch_config(variant, dataset, stage, generation, **overrides)
 
 
-def _test_name(config, variant, dataset, stage, encoder_only, pooled) -> str:
+def _test_name(config, variant, dataset, stage, encoder_only, pooled, family=None, remap_head=None) -> str:
     """The name the zoo model would get, for a run on a test configuration."""
     from .pipeline import ConvertOptions, default_name, name_for_classes
 
-    opts = ConvertOptions(variant=variant, dataset=dataset, stage=stage, encoder_only=encoder_only, pooled=pooled)
+    opts = ConvertOptions(variant=variant, dataset=dataset, stage=stage, encoder_only=encoder_only, pooled=pooled,
+                          family=family, remap_head=remap_head)
     return name_for_classes(default_name(opts), config, opts)
 
 
@@ -184,8 +186,8 @@ class OneLineUsageErrors(click.Command):
 
 @click.command(cls=OneLineUsageErrors,
                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--variant", type=click.Choice(list(VARIANTS), case_sensitive=False), default="S",
-              show_default=True, help="Backbone size: ViT-S/B/L/H (sets width, depth and heads).")
+@click.option("--variant", type=click.Choice(list({**VARIANTS, **V2_VARIANTS}), case_sensitive=False), default="S",
+              show_default=True, help="Backbone size: ViT-S/B/L/H, ViT-G (VideoMAE V2's g/14): width, depth, heads.")
 @click.option("--dataset", type=click.Choice(list(DATASETS), case_sensitive=False), default="k400",
               show_default=True, help="Training data of the checkpoint: sets classes, mask ratio, artifact name.")
 @click.option("--stage", type=click.Choice(["ft", "pt"]), default="ft", show_default=True,
@@ -195,6 +197,11 @@ class OneLineUsageErrors(click.Command):
                    "(config.json + model.safetensors or pytorch_model.bin), or hf://owner/repo[@revision].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="config.json of a transformers weight file given alone (model.safetensors, .bin).")
+@click.option("--family", type=click.Choice(["official", "hf", "v2"]), default=None,
+              help="Checkpoint family: official (VideoMAE .pth), hf (transformers), v2 (VideoMAE V2 .pth). "
+                   "Default: from the file, and V2 where the variant, dataset or shapes are V2's only.")
+@click.option("--remap-head", type=click.Choice(["k400", "k600", "k700"]), default=None,
+              help="VideoMAE V2: read a K710 head as a Kinetics-400/600/700 head (V2's label maps, head[index]).")
 @click.option("--reference", type=click.Choice(["auto", "transformers", "pt_reference"]), default="auto",
               show_default=True, help="Transformers input: prove parity against transformers' own VideoMAE "
                                       "or pt_reference at the file's numerics (auto: transformers when installed).")
@@ -237,7 +244,7 @@ class OneLineUsageErrors(click.Command):
 @click.option("--quiet", is_flag=True, help="No progress lines; only the summary.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
-def main(ctx, variant, dataset, stage, checkpoint, config_file, reference, synthetic, seed, output_dir, atol, rtol, batch, num_classes,
+def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_head, reference, synthetic, seed, output_dir, atol, rtol, batch, num_classes,
          encoder_only, pooled, float64, xla, num_frames, image_size, tflite, epochs, list_, all_, include_extra, shard, jobs, name,
          synthetic_dir, registry_entry, quiet, debug):
     """Convert an official VideoMAE checkpoint to Keras/TensorFlow and prove parity.
@@ -246,6 +253,8 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, reference, synth
     Examples:
       vmae-convert --variant B --dataset ssv2 --checkpoint videomae_b_ssv2_ft.pth --output-dir out/
       vmae-convert --variant S --dataset k400 --synthetic --output-dir out/
+      vmae-convert --variant G --dataset ssv2 --checkpoint vit_g_hybrid_pt_1200e_ssv2_ft.pth   # VideoMAE V2
+      vmae-convert --variant S --dataset k710 --checkpoint vit_s_k710_dl_from_giant.pth --remap-head k400
 
       vmae-convert --variant B --dataset ssv2          # fetch the official file, verify, convert
       vmae-convert --list
@@ -291,7 +300,7 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, reference, synth
 
         chosen = ((entry.variant if entry else variant).upper(), (entry.dataset if entry else dataset).lower(),
                   entry.stage if entry else stage)
-        config = test_config(*chosen, num_classes)
+        config = test_config(*chosen, num_classes, family)
         if config is not None:
             progress(f"test configuration from ${TEST_ARCH_ENV}: {config}")
         report = convert(
@@ -300,8 +309,10 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, reference, synth
             batch=batch, num_classes=num_classes, encoder_only=encoder_only, pooled=pooled, float64=float64,
             xla=xla, num_frames=num_frames, image_size=image_size, tflite=tflite,
             name=name or hub_name or (entry.artifact if entry and not encoder_only and not (num_frames or image_size)
-                                      else None) or (config and _test_name(config, *chosen, encoder_only, pooled)),
-            synthetic_dir=synthetic_dir, config_file=config_file, reference=reference,
+                                      else None) or (config and _test_name(config, *chosen, encoder_only, pooled, family,
+                                                                                remap_head)),
+            synthetic_dir=synthetic_dir, config_file=config_file, reference=reference, family=family,
+            remap_head=remap_head,
             # a file that states its architecture (config.json) is checked against what was asked
             expect={"variant": variant.upper() if explicit("variant") else None,
                     "dataset": dataset.lower() if explicit("dataset") else None,

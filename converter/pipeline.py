@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__, families, frameworks, interrupts
-from .checkpoint import LoadedCheckpoint, config_for, read_checkpoint
+from .checkpoint import LoadedCheckpoint, config_for, describe, read_checkpoint
 from .engine import check_official, load_into
 from .errors import ExportError, MappingError, ParityError, VMAEError, first_line
 from .export import (Staging, check_writable, describe_os_error, save_weights_h5, sha256_file, tree_size,
@@ -34,7 +34,8 @@ from .masking import tube_mask
 from .parity import (compare, describe_localisation, keras_inputs, keras_stages, locate, make_video, profile_of,
                      reference_stages, run_reference)
 from .clip_shape import adapt_tensors, with_clip_shape
-from .variants import ArchConfig, arch_config, artifact_name, get_dataset, get_variant
+from .variants import (ArchConfig, arch_config, artifact_name, file_generation, generation_for, get_dataset,
+                       get_generation, get_variant)
 
 GATES = ("tf_vs_pt", "weights_h5", "keras", "saved_model", "saved_model_xla", "saved_model_uint8", "tflite")
 # tf_models.export's TFLITE_LIMIT_BYTES, here without importing keras before torch has loaded.
@@ -72,6 +73,8 @@ class ConvertOptions:
     # (config.json): checked against it, not used to build.
     expect: dict = field(default_factory=dict)
     reference: str = "auto"  # transformers input: "transformers", "pt_reference" or whichever is installed
+    family: str | None = None  # official, hf or v2; None: from the file, the variant/dataset and the shapes
+    remap_head: str | None = None  # k400/k600/k700: a K710 head read as that dataset's (VideoMAE V2's label maps)
     extra: dict = field(default_factory=dict)
 
 
@@ -139,22 +142,26 @@ def default_name(opts: ConvertOptions) -> str:
         return families.hf.default_name(opts.checkpoint)
     if opts.config is not None:
         return "custom"
-    trained = arch_config(opts.variant, opts.dataset, opts.stage)
+    generation = _generation(opts)
+    trained = arch_config(opts.variant, opts.dataset, opts.stage, generation)
     name = artifact_name(opts.variant, opts.dataset, opts.stage, opts.num_frames or trained.num_frames,
-                         opts.image_size or trained.image_size)
+                         opts.image_size or trained.image_size, generation)
     if opts.encoder_only:
         # pooled features are another model than the token backbone: never the same file
         return name + ("_encoder_pooled" if opts.pooled else "_encoder")
+    if opts.remap_head:
+        label = get_dataset(opts.dataset).label
+        return name.replace(f"_{label}_", f"_{label}to{opts.remap_head.upper()}_", 1)
     return name
 
 
 def name_for_classes(name: str, cfg: ArchConfig, opts: ConvertOptions) -> str:
     """The official release name is the dataset's own head: a head fine-tuned on other classes
     (read from the file, or --num-classes) gets `_<n>cls` appended, so it never passes for it."""
-    if opts.name or opts.config is not None or cfg.is_pretrain or _family(opts) is not families.official:
+    if opts.name or opts.config is not None or cfg.is_pretrain or _family(opts).GENERATION is None:
         return name
-    if cfg.num_classes == get_dataset(opts.dataset).num_classes:
-        return name
+    if opts.remap_head or cfg.num_classes == get_dataset(opts.dataset).num_classes:
+        return name  # a remapped head is the target dataset's by construction (remap_head checks 710 rows)
     return f"{name}_{cfg.num_classes}cls"
 
 
@@ -172,16 +179,49 @@ def _finite_non_negative(value, option: str) -> None:
 
 
 def _family(opts: ConvertOptions):
+    """--family when given; else the file's format, where a variant or dataset only VideoMAE V2
+    has (ViT-g, K710, Hybrid...) makes an official-format file V2's."""
+    if opts.family:
+        return families.get(opts.family)
+    implied = generation_for(opts.variant, opts.dataset, opts.stage)
     if opts.synthetic or not opts.checkpoint:
-        return families.official
-    return families.detect(opts.checkpoint, opts.config_file)
+        return families.v2 if implied == "v2" else families.official
+    family = families.detect(opts.checkpoint, opts.config_file)
+    return families.v2 if family is families.official and implied == "v2" else family
+
+
+def _generation(opts: ConvertOptions) -> str:
+    """The variant table this run reads: v1 or v2 (a family stating its own architecture: v1's names)."""
+    return _family(opts).GENERATION or "v1"
+
+
+def _follow_file_generation(opts: ConvertOptions, tensors: dict, notes: list[str]) -> None:
+    """A V2 file given as v1, or the other way round, is converted as what its shapes prove it is
+    (ViT-g/14, the 512-wide V2 ViT-H decoder): mis-shaped by the asked table, right by the other.
+    Only an explicit --family that the file contradicts is refused."""
+    found, why = file_generation(describe(tensors))
+    asked = _generation(opts)
+    if found is None or found == asked:
+        return
+    title = get_generation(found).title
+    if opts.family:
+        raise VMAEError(f"--family {opts.family}: the checkpoint is {title}'s ({why}); "
+                        f"pass --family {'v2' if found == 'v2' else 'official'} or leave --family out")
+    opts.family = "v2" if found == "v2" else "official"
+    g = get_generation(found)
+    if opts.stage == "pt" and opts.dataset not in g.pretrain_datasets and len(g.pretrain_datasets) == 1:
+        opts.dataset = g.pretrain_datasets[0]  # V2 pre-trained on UnlabeledHybrid only
+    notes.append(f"a {title} checkpoint ({why}): converted with {title}'s variant table")
 
 
 def _validate(opts: ConvertOptions) -> None:
+    if opts.family is not None and opts.family not in families.FAMILIES:
+        raise VMAEError(f"unknown --family {opts.family!r}; expected one of {', '.join(families.FAMILIES)}")
     if opts.config is None:
         try:
-            get_variant(opts.variant)
+            get_variant(opts.variant, _generation(opts))
             get_dataset(opts.dataset)
+            arch_config(opts.variant, opts.dataset, opts.stage, _generation(opts))
         except ValueError as err:
             raise VMAEError(str(err)) from None
     if opts.stage not in ("ft", "pt"):
@@ -201,14 +241,40 @@ def _validate(opts: ConvertOptions) -> None:
     _finite_non_negative(opts.rtol, "--rtol")
     if not isinstance(opts.seed, int) or opts.seed < 0:
         raise VMAEError(f"--seed must be an integer >= 0, got {opts.seed}")
+    if opts.remap_head is not None:
+        _remap_index(opts)
+        if opts.stage != "ft" or opts.encoder_only:
+            raise VMAEError("--remap-head reads a fine-tuned K710 head (--stage ft) as another dataset's")
     if opts.num_classes is not None and (opts.num_classes < 1 or opts.stage != "ft"):
         raise VMAEError("--num-classes takes a number >= 1, for a fine-tuned head (--stage ft)")
-    trained = opts.config or arch_config(opts.variant, opts.dataset, opts.stage)
+    trained = opts.config or arch_config(opts.variant, opts.dataset, opts.stage, _generation(opts))
     target = with_clip_shape(trained, opts.num_frames, opts.image_size)
     if opts.tflite and target.num_params * 4 >= TFLITE_LIMIT_BYTES:
         raise VMAEError(f"--tflite: this model's float32 weights take {target.num_params * 4 / 2**30:.2f} GiB, past "
                         "the 2 GiB limit of a LiteRT flatbuffer; convert without --tflite (the SavedModel, .keras "
                         "and .weights.h5 have no such limit)")
+
+
+def _remap_index(opts: ConvertOptions) -> list[int]:
+    from .variants import labels  # by file: tensorflow must not load before the PyTorch forwards
+
+    try:
+        return labels.k710_index(opts.remap_head)
+    except ValueError as err:
+        raise VMAEError(f"--remap-head: {err}") from None
+
+
+def remap_head(tensors: dict, cfg: ArchConfig, opts: ConvertOptions, notes: list[str]) -> tuple[dict, ArchConfig]:
+    """A K710 head as a Kinetics-400/600/700 head, the way VideoMAE V2 evaluates it: the rows of
+    the target's classes, `head[index]`. Both the reference and the Keras model get these rows, and
+    the report says so."""
+    index = _remap_index(opts)
+    if cfg.num_classes != 710 or "head.weight" not in tensors:
+        raise VMAEError(f"--remap-head takes a K710 head of 710 classes; this checkpoint's has {cfg.num_classes}")
+    tensors = {**tensors, "head.weight": tensors["head.weight"][index], "head.bias": tensors["head.bias"][index]}
+    notes.append(f"head remapped from K710 to {opts.remap_head.upper()}: rows of VideoMAE V2's "
+                 f"misc/label_710to{opts.remap_head[1:]}.json ({len(index)} classes)")
+    return tensors, cfg.with_(num_classes=len(index))
 
 
 def _load(opts: ConvertOptions, name: str, phases: Phases) -> tuple[LoadedCheckpoint, Path]:
@@ -218,10 +284,13 @@ def _load(opts: ConvertOptions, name: str, phases: Phases) -> tuple[LoadedCheckp
         from .synthetic import write_synthetic_checkpoint
 
         classes = {"num_classes": opts.num_classes} if opts.num_classes else {}
-        cfg = opts.config or arch_config(opts.variant, opts.dataset, opts.stage, **classes)
+        cfg = opts.config or arch_config(opts.variant, opts.dataset, opts.stage, _generation(opts), **classes)
         path = Path(opts.synthetic_dir or opts.output_dir) / f"synthetic_{name}_seed{opts.seed}.pth"
+        # V2's released fine-tuned and distilled files are float16: the synthetic one is too, so
+        # the upcast on reading is exercised by every V2 run.
+        dtype = "float16" if _generation(opts) == "v2" and not cfg.is_pretrain else "float32"
         with phases("write synthetic checkpoint"):
-            write_synthetic_checkpoint(cfg, path, opts.seed)
+            write_synthetic_checkpoint(cfg, path, opts.seed, dtype)
     else:
         path = Path(opts.checkpoint)
     with phases("load checkpoint"):
@@ -296,6 +365,10 @@ def class_names(cfg: ArchConfig, opts: ConvertOptions) -> list[str] | None:
     """The names of the logits, shipped in every artifact; None for models without a head."""
     if cfg.is_pretrain or opts.encoder_only or not cfg.num_classes:
         return None
+    if opts.remap_head:
+        from tf_models import labels
+
+        return labels.load(opts.remap_head)
     if opts.labels is not None:
         if len(opts.labels) != cfg.num_classes:
             raise VMAEError(f"{len(opts.labels)} labels given for a head of {cfg.num_classes} classes")
@@ -329,11 +402,18 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     # Everything a user's file can get wrong is checked with torch alone, before tensorflow
     # loads and any model is built: a bad checkpoint is refused in seconds.
     family, details = _family(opts), {}
-    if family is families.official:
+    if family.GENERATION:  # the architecture comes from the shapes and a variant table
         loaded, ckpt_path = _load(opts, name, phases)
         tensors = loaded.tensors
-        trained = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes)
+        if opts.config is None:
+            _follow_file_generation(opts, tensors, loaded.notes)
+            family = _family(opts)
+            name = default_name(opts)
+        trained = opts.config or config_for(tensors, opts.variant, opts.dataset, opts.stage, opts.num_classes,
+                                            family.GENERATION)
         check_official_keys(tensors, trained)
+        if opts.remap_head:
+            tensors, trained = remap_head(tensors, trained, opts, loaded.notes)
     else:  # a family whose files state their architecture; the engine's accounting checks the keys
         with phases("import torch"):
             frameworks.load_torch()

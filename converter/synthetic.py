@@ -41,26 +41,30 @@ def _fill(name: str, shape: tuple, rng: np.random.Generator, cfg: ArchConfig) ->
     return values.astype(np.float32, copy=False)
 
 
-def synthetic_state_dict(cfg: ArchConfig, seed: int = 0) -> dict:
-    """{official key: torch.Tensor} with the official keys and shapes for `cfg`."""
+def synthetic_state_dict(cfg: ArchConfig, seed: int = 0, dtype=None) -> dict:
+    """{official key: torch.Tensor} with the official keys and shapes for `cfg` (float32, or `dtype`)."""
     torch = frameworks.load_torch()
     from pt_reference import build_reference
 
     with torch.device("meta"):  # keys and shapes only: no memory for a throw-away model
         reference = build_reference(cfg)
     rng = np.random.default_rng(seed)
+    cast = (lambda t: t) if dtype in (None, torch.float32) else (lambda t: t.to(dtype))
     return {
-        name: torch.from_numpy(_fill(name, tuple(t.shape), rng, cfg))
+        name: cast(torch.from_numpy(_fill(name, tuple(t.shape), rng, cfg)))
         for name, t in reference.state_dict().items()
     }
 
 
-def write_synthetic_checkpoint(cfg: ArchConfig, path, seed: int = 0) -> Path:
-    """torch.save({'model': state_dict}) as the official training scripts do."""
+def write_synthetic_checkpoint(cfg: ArchConfig, path, seed: int = 0, dtype: str = "float32") -> Path:
+    """torch.save({'model': state_dict}) as the official training scripts do; dtype "float16" as
+    VideoMAE V2 releases its fine-tuned models (each tensor cast as it is drawn: ViT-g has 1 G values)."""
     torch = frameworks.load_torch()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": synthetic_state_dict(cfg, seed)}, tmp)
+    state = synthetic_state_dict(cfg, seed, getattr(torch, dtype))
+    torch.save({"model": state}, tmp)
+    del state
     tmp.replace(path)
     return path

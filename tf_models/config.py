@@ -141,13 +141,28 @@ class Variant:
     decoder_embed_dim: int
     decoder_num_heads: int
     decoder_depth: int
+    patch_size: int = PATCH_SIZE
+    # Upstream computes hidden sizes as int(dim * mlp_ratio). ViT-g's ratio is 48/11 exactly:
+    # int(1408 * 48/11) = 6144 and int(512 * 48/11) = 2234, where a rounded 4.3636 gives 6143.
+    mlp_ratio: float = 4.0
 
 
+# VideoMAE (MCG-NJU). Decoder depth: 4 for S/B, 12 for L/H (the released pretrain.sh scripts).
 VARIANTS: dict[str, Variant] = {
     "S": Variant("S", 384, 12, 6, 192, 3, 4),
     "B": Variant("B", 768, 12, 12, 384, 6, 4),
     "L": Variant("L", 1024, 24, 16, 512, 8, 12),
     "H": Variant("H", 1280, 32, 16, 640, 8, 12),
+}
+
+# VideoMAE V2 (OpenGVLab/VideoMAEv2 models/*.py): the same encoders, ViT-H's decoder is 512 wide
+# (v1: 640), every pretrain script passes --decoder_depth 4, and ViT-g/14 is new.
+V2_VARIANTS: dict[str, Variant] = {
+    "S": Variant("S", 384, 12, 6, 192, 3, 4),
+    "B": Variant("B", 768, 12, 12, 384, 6, 4),
+    "L": Variant("L", 1024, 24, 16, 512, 8, 4),
+    "H": Variant("H", 1280, 32, 16, 512, 8, 4),
+    "G": Variant("G", 1408, 40, 16, 512, 8, 4, patch_size=14, mlp_ratio=48 / 11),
 }
 
 
@@ -164,30 +179,80 @@ DATASETS: dict[str, Dataset] = {
     "k400": Dataset("k400", "K400", 400, 0.9, 4),
     "ssv2": Dataset("ssv2", "SSv2", 174, 0.9, 2),
     "ucf101": Dataset("ucf101", "UCF", 101, 0.75, 4),
+    # VideoMAE V2 only
+    "k710": Dataset("k710", "K710", 710, 0.9, 4),
+    "k600": Dataset("k600", "K600", 600, 0.9, 4),
+    "hmdb51": Dataset("hmdb51", "HMDB51", 51, 0.9, 4),
+    "hybrid": Dataset("hybrid", "Hybrid", 0, 0.9, 4),  # UnlabeledHybrid: pre-training only
 }
 
 STAGES = ("ft", "pt")
 
 
-def arch_config(variant: str, dataset: str = "k400", stage: str = "ft", **overrides) -> ArchConfig:
-    """The official configuration of one zoo entry; overrides adapt it (tiny test models, frames...)."""
-    v = get_variant(variant)
+@dataclass(frozen=True)
+class Generation:
+    """A release line of checkpoints: its own variant table, datasets and artifact names."""
+
+    key: str  # "v1", "v2"
+    title: str
+    artifact_prefix: str
+    variants: dict
+    finetune_datasets: tuple
+    pretrain_datasets: tuple
+
+
+GENERATIONS: dict[str, Generation] = {
+    "v1": Generation("v1", "VideoMAE", "TFVideoMAE", VARIANTS, ("k400", "ssv2", "ucf101"), ("k400", "ssv2", "ucf101")),
+    "v2": Generation("v2", "VideoMAE V2", "TFVideoMAE2", V2_VARIANTS,
+                     ("k710", "k400", "k600", "ssv2", "ucf101", "hmdb51"), ("hybrid",)),
+}
+
+
+def get_generation(key: str) -> Generation:
+    if key not in GENERATIONS:
+        raise ValueError(f"unknown generation {key!r}; expected one of {', '.join(GENERATIONS)}")
+    return GENERATIONS[key]
+
+
+def generation_for(variant: str, dataset: str | None = None, stage: str = "ft") -> str | None:
+    """The one generation that has this variant and dataset, or None where both have them."""
+    fits = [g.key for g in GENERATIONS.values() if str(variant).upper() in g.variants
+            and (dataset is None or str(dataset).lower() in (g.pretrain_datasets if stage == "pt"
+                                                             else g.finetune_datasets))]
+    return fits[0] if len(fits) == 1 else None
+
+
+def arch_config(variant: str, dataset: str = "k400", stage: str = "ft", generation: str | None = None,
+                **overrides) -> ArchConfig:
+    """The official configuration of one zoo entry; overrides adapt it (tiny test models, frames...).
+    generation "v1" (VideoMAE) or "v2" (VideoMAE V2); by default the one that has this variant
+    and dataset, v1 where both have them: arch_config("G", "k710") is V2's ViT-g/14."""
+    generation = generation or generation_for(variant, dataset, stage) or "v1"
+    v = get_variant(variant, generation)
     d = get_dataset(dataset)
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    g = get_generation(generation)
+    allowed = g.pretrain_datasets if stage == "pt" else g.finetune_datasets
+    if d.key not in allowed:
+        kind = "pre-trained" if stage == "pt" else "fine-tuned"
+        raise ValueError(f"{g.title} has no {kind} {d.key} checkpoints; its {kind} datasets: {', '.join(allowed)}")
     fields = dict(embed_dim=v.embed_dim, depth=v.depth, num_heads=v.num_heads, num_classes=d.num_classes,
-                  mask_ratio=d.mask_ratio)
+                  mask_ratio=d.mask_ratio, patch_size=v.patch_size, mlp_ratio=v.mlp_ratio)
     if stage == "pt":
         fields.update(num_classes=0, decoder_embed_dim=v.decoder_embed_dim, decoder_depth=v.decoder_depth,
                       decoder_num_heads=v.decoder_num_heads)
     return ArchConfig(**{**fields, **overrides})
 
 
-def get_variant(name: str) -> Variant:
+def get_variant(name: str, generation: str = "v1") -> Variant:
     key = str(name).upper()
-    if key not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)}")
-    return VARIANTS[key]
+    g = get_generation(generation)
+    if key not in g.variants:
+        others = [o.title for o in GENERATIONS.values() if key in o.variants]
+        hint = f" (ViT-{key} is {others[0]}'s: pass --family v2)" if others else ""
+        raise ValueError(f"unknown {g.title} variant {name!r}; expected one of {', '.join(g.variants)}{hint}")
+    return g.variants[key]
 
 
 def get_dataset(name: str) -> Dataset:

@@ -118,7 +118,8 @@ def build_model(cfg: ArchConfig, dtype=None, **kwargs) -> keras.Model:
 
 def build_zoo_model(variant: str, dataset: str = "k400", stage: str = "ft", dtype=None, **overrides) -> keras.Model:
     """The release architecture by name, e.g. build_zoo_model("B", "ssv2"), or at another clip
-    shape: build_zoo_model("B", "k400", num_frames=8, image_size=160)."""
+    shape: build_zoo_model("B", "k400", num_frames=8, image_size=160); VideoMAE V2 by a name only
+    it has, build_zoo_model("G", "ssv2"), or generation="v2"."""
     return build_model(arch_config(variant, dataset, stage, **overrides), dtype=dtype)
 
 

@@ -14,15 +14,16 @@ The engine (accounting both ways), parity, export and the zoo stay shared.
 
   official  MCG-NJU `.pth` (families/official.py): shapes + variant table, pt_reference
   hf        transformers folders (families/hf.py): config.json, transformers' own VideoMAE
+  v2        VideoMAE V2 `.pth` (families/v2.py): the official keys, V2's variant table
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import CheckpointError
-from . import hf, official
+from . import hf, official, v2
 
-FAMILIES = {official.NAME: official, hf.NAME: hf}
+FAMILIES = {official.NAME: official, hf.NAME: hf, v2.NAME: v2}
 
 
 def get(name: str):

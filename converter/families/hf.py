@@ -24,6 +24,7 @@ from ..engine import CONV3D, LINEAR, QKV_LINEAR, SAME, Rule
 from ..errors import CheckpointError, VariantMismatchError
 
 NAME = "hf"
+GENERATION = None  # config.json states the architecture
 MODEL_TYPE = "videomae"
 CLASSIFIER, PRETRAINING, BACKBONE = "VideoMAEForVideoClassification", "VideoMAEForPreTraining", "VideoMAEModel"
 ARCHITECTURES = (CLASSIFIER, PRETRAINING, BACKBONE)

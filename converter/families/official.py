@@ -14,6 +14,7 @@ from pathlib import Path
 from ..engine import CONV3D, LINEAR, SAME, Rule
 
 NAME = "official"
+GENERATION = "v1"  # the architecture comes from shapes + this generation's variant table
 
 
 def block_rules(src: str, dst: str) -> list[Rule]:
@@ -124,4 +125,4 @@ def reference(cfg, tensors: dict, details: dict, choice: str = "auto"):
 
 
 def report_fields(cfg, details: dict) -> dict:
-    return {"family": NAME, "reference": details.get("reference")}
+    return {"family": NAME, "generation": "VideoMAE", "reference": details.get("reference")}
