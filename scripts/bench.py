@@ -271,9 +271,21 @@ def latency(variant: str, runs: int, warmup: int, pause: float, profile: bool = 
 _LINE = re.compile(r"^\[\s*[\d.]+s\] (.+?) (\.\.\.|done in [\d.]+s)$")
 
 
+def conversion_spec(spec: str) -> tuple[str, list[str], object]:
+    """'S' (VideoMAE ViT-S, K400) or 'v2:S' / 'G' (VideoMAE V2, K710 head as released): the
+    label, the vmae-convert arguments and the architecture."""
+    generation, _, variant = spec.strip().rpartition(":")
+    variant = variant.upper()
+    generation = generation.lower() or ("v2" if variant == "G" else "v1")
+    if generation == "v2":
+        return f"V2 ViT-{variant}", ["--variant", variant, "--family", "v2", "--dataset", "k710"], \
+            arch_config(variant, "k710", "ft", "v2")
+    return f"ViT-{variant}", ["--variant", variant], arch_config(variant)
+
+
 def parameter_bytes(variant: str) -> int:
     """float32 bytes of the official model's parameters."""
-    return 4 * arch_config(variant).num_params
+    return 4 * conversion_spec(variant)[2].num_params
 
 
 def conversion(variant: str, workdir: Path, extra_args: list[str], rss_limit: float) -> dict:
@@ -281,10 +293,10 @@ def conversion(variant: str, workdir: Path, extra_args: list[str], rss_limit: fl
     that goes past `rss_limit` bytes is stopped, so that it cannot take the machine down."""
     import psutil
 
-    out = workdir / f"convert-{variant}"
+    label, spec_args, _ = conversion_spec(variant)
+    out = workdir / f"convert-{variant.replace(':', '-')}"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "converter.cli", "--variant", variant, "--synthetic",
-           "--output-dir", str(out), *extra_args]
+    cmd = [sys.executable, "-m", "converter.cli", *spec_args, "--synthetic", "--output-dir", str(out), *extra_args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}  # this checkout's converter
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -333,6 +345,7 @@ def conversion(variant: str, workdir: Path, extra_args: list[str], rss_limit: fl
     shutil.rmtree(out, ignore_errors=True)
     return {
         "variant": variant,
+        "model": label,
         "exit_code": proc.returncode,
         "passed": report.get("passed"),
         "wall_s": round(wall, 2),
@@ -397,13 +410,13 @@ def markdown(result: dict) -> str:
                   "against the target 3 x float32 parameters + 1.5 GiB:", "",
                   "| model | parameters | wall | peak RSS | target | within | parity |", "|---|---|---|---|---|---|---|"]
         for c in conv:
-            lines.append(f"| ViT-{c['variant']} | {c['param_bytes'] / 1e9:.2f} GB | {c['wall_s']:.0f} s | "
+            lines.append(f"| {c.get('model', 'ViT-' + c['variant'])} | {c['param_bytes'] / 1e9:.2f} GB | {c['wall_s']:.0f} s | "
                          f"{c['peak_rss_gib']:.2f} GiB | {c['target_rss_gib']:.2f} GiB | "
                          f"{'yes' if c['within_target'] else '**no**'} | "
                          f"{_outcome(c)} |")
         phases = list(dict.fromkeys(p for c in conv for p in c["phases_s"]))
         lines += ["", "Where the time goes, seconds per phase (peak RSS sampled within the phase, GiB):", "",
-                  "| phase | " + " | ".join(f"ViT-{c['variant']}" for c in conv) + " |",
+                  "| phase | " + " | ".join(c.get("model", f"ViT-{c['variant']}") for c in conv) + " |",
                   "|---" * (len(conv) + 1) + "|"]
         for p in phases:
             cells = []
@@ -418,7 +431,8 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", default="S,B", help="latency: comma-separated variants ('' for none)")
-    ap.add_argument("--convert-variants", default="S,B,L,H", help="conversion: comma-separated variants")
+    ap.add_argument("--convert-variants", default="S,B,L,H",
+                    help="conversion: comma-separated variants; v2:S, v2:B, G for VideoMAE V2 (K710 heads, float16)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per latency path")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls per latency path (the first traces)")
     ap.add_argument("--pause", type=float, default=0.2, help="seconds of rest before each timed call")
@@ -453,7 +467,7 @@ def main(argv=None) -> int:
     if not args.skip_convert:
         for v in filter(None, args.convert_variants.split(",")):
             print(f"converting ViT-{v} ...", file=sys.stderr, flush=True)
-            c = conversion(v.strip().upper(), out, args.convert_args.split(), args.rss_limit_gib * GIB)
+            c = conversion(v.strip(), out, args.convert_args.split(), args.rss_limit_gib * GIB)
             result["conversion"].append(c)
             print(f"  {c['wall_s']:.1f}s, peak {c['peak_rss_gib']:.2f} GiB (target {c['target_rss_gib']:.2f}), "
                   f"passed={c['passed']}", file=sys.stderr, flush=True)
