@@ -24,6 +24,15 @@ TINY_FT_OPTIONAL = TINY_FT.with_(use_mean_pooling=False, layer_scale=True, learn
 TINY_PT = TINY_FT.with_(num_classes=0, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
 TINY_PT_OPTIONAL = TINY_PT.with_(layer_scale=True)
 TINY = {"ft": TINY_FT, "ft_optional": TINY_FT_OPTIONAL, "pt": TINY_PT, "pt_optional": TINY_PT_OPTIONAL}
+# VideoMAE V2's ViT-g in small: patch 14, MLP ratio 48/11 (44 * 48/11 = 192 exactly, as 1408 gives
+# 6144; 24 * 48/11 = 104.7 truncates, as 512 gives 2234), head width 22 (not a power of two, as 88).
+TINY_V2_FT = ArchConfig(embed_dim=44, depth=2, num_heads=2, patch_size=14, mlp_ratio=48 / 11, num_frames=4,
+                        image_size=28, num_classes=7)
+TINY_V2_PT = TINY_V2_FT.with_(num_classes=0, decoder_embed_dim=24, decoder_depth=2, decoder_num_heads=2)
+TINY_V2 = {"v2_ft": TINY_V2_FT, "v2_pt": TINY_V2_PT}
+# vmae-convert's test hook ($VMAE_TEST_ARCH_OVERRIDES) shrinking the V2 ViT-g table to that size
+TINY_G_OVERRIDES = {"embed_dim": 44, "depth": 2, "num_heads": 2, "num_frames": 4, "image_size": 28,
+                    "decoder_embed_dim": 24, "decoder_depth": 2, "decoder_num_heads": 2}
 
 
 @pytest.fixture(params=list(TINY))

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, TINY_V2
 
 from converter.checkpoint import unwrap
 from converter.engine import CONV3D, LINEAR, SAME, Transform, load_into
@@ -25,6 +25,8 @@ from pt_reference import build_reference
 from tf_models import build_model
 
 TOL = dict(rtol=1e-5, atol=1e-5)
+# The official forms, and VideoMAE V2's ViT-g shape (patch 14, MLP ratio 48/11): V2 reuses the table
+CASES = {**TINY, **TINY_V2}
 
 BROKEN = {
     LINEAR.name: Transform("transpose dropped", lambda a: a, lambda a: a),
@@ -49,7 +51,7 @@ class Case:
     @classmethod
     def get(cls, name):
         if name not in cls.cache:
-            cfg = TINY[name]
+            cfg = CASES[name]
             tensors = unwrap({"model": synthetic_state_dict(cfg, seed=1)}).tensors
             reference = build_reference(cfg)
             import torch
@@ -78,15 +80,15 @@ def _used_rules(name):
 
 
 def _all_rule_mutants():
-    for name in TINY:
-        cfg = TINY[name]
+    for name in CASES:
+        cfg = CASES[name]
         for rule in rules_for("pt" if cfg.is_pretrain else "ft"):
             yield pytest.param(name, rule.source, id=f"{name}:{rule.source}")
 
 
-@pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.parametrize("name", list(CASES))
 def test_unmutated_table_passes(name):
-    assert _outcome(name, rules_for("pt" if TINY[name].is_pretrain else "ft"))[0] == "passes"
+    assert _outcome(name, rules_for("pt" if CASES[name].is_pretrain else "ft"))[0] == "passes"
 
 
 @pytest.mark.parametrize("name,source", list(_all_rule_mutants()))
@@ -96,7 +98,7 @@ def test_breaking_one_rule_fails_parity(name, source):
     if rule is None:
         pytest.skip("this official form has no such tensor; another form covers the rule")
     broken = dataclasses.replace(rule, transform=BROKEN[rule.transform.name])
-    rules = [broken if r is rule else r for r in rules_for("pt" if TINY[name].is_pretrain else "ft")]
+    rules = [broken if r is rule else r for r in rules_for("pt" if CASES[name].is_pretrain else "ft")]
     outcome, _ = _outcome(name, rules)
     assert outcome in ("caught", "refused"), f"{source}: {broken.transform.name} went unnoticed"
 
