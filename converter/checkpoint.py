@@ -30,7 +30,9 @@ from .variants import (
 )
 
 CONTAINER_KEYS = ("model", "module", "state_dict")
-STRIPPED_PREFIXES = ("module.", "backbone.")
+# DDP's `module.`, torch.compile's `_orig_mod.` (VideoMAE V2's pre-training wraps its model in it),
+# the fine-tuning loaders' `backbone.`; they can nest (`module._orig_mod.`).
+STRIPPED_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 
 
 @dataclass
@@ -238,14 +240,19 @@ def unwrap(obj, source: str = "<state dict>") -> LoadedCheckpoint:
 
 
 def _common_prefix(keys: list[str]) -> str:
-    """DDP's `module.`, the fine-tuning loader's `backbone.`; `encoder.` only for a lone encoder
-    (a pre-trained model keeps it: its decoder keys tell the two apart)."""
-    for prefix in STRIPPED_PREFIXES:
-        if keys and all(k.startswith(prefix) for k in keys):
-            return prefix
-    if keys and all(k.startswith("encoder.") for k in keys):
-        return "encoder."
-    return ""
+    """The wrappers' prefixes every key shares, outermost first (STRIPPED_PREFIXES); then `encoder.`
+    only for a lone encoder (a pre-trained model keeps it: its decoder keys tell the two apart)."""
+    found = ""
+    while keys:
+        rest = [k[len(found):] for k in keys]
+        step = next((p for p in STRIPPED_PREFIXES if all(k.startswith(p) for k in rest)), None)
+        if step is None:
+            break
+        found += step
+    rest = [k[len(found):] for k in keys]
+    if rest and all(k.startswith("encoder.") for k in rest):
+        found += "encoder."
+    return found
 
 
 _BLOCK = re.compile(r"^(encoder\.|decoder\.)?blocks\.(\d+)\.")

@@ -174,3 +174,25 @@ def test_v2_family_reads_the_official_keys():
     assert all(any(r.match_source(k) is not None for r in rules) for k in state)
     assert families.v2.rules is families.official.rules
     assert families.get("v2").GENERATION == "v2" and not families.v2.claims("x.pth", None)
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod.", "module.backbone."])
+def test_wrapper_prefixes_are_stripped_even_nested(prefix):
+    from converter.checkpoint import unwrap
+
+    state = synthetic_state_dict(TINY_V2_FT, 0)
+    loaded = unwrap({"module": {prefix + k: v for k, v in state.items()}})
+    assert set(loaded.tensors) == set(state) and loaded.container == "module"
+    assert any(prefix in n for n in loaded.notes)
+
+
+def test_cos_attention_file_is_refused_by_the_accounting(tmp_path):
+    """V2's CosAttention adds `attn.scale` [heads, 1, 1] per block; no released file uses it, and the
+    Keras model has no such weight: the key check names it instead of converting something else."""
+    state = synthetic_state_dict(TINY_V2_FT, 0)
+    state.update({f"blocks.{i}.attn.scale": torch.full((2, 1, 1), 2.3) for i in range(TINY_V2_FT.depth)})
+    path = tmp_path / "cos.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(VMAEError, match=r"attn\.scale"):
+        convert(config=TINY_V2_FT, checkpoint=str(path), family="v2", output_dir=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.weights.h5"))

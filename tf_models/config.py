@@ -182,7 +182,7 @@ DATASETS: dict[str, Dataset] = {
     # VideoMAE V2 only
     "k710": Dataset("k710", "K710", 710, 0.9, 4),
     "k600": Dataset("k600", "K600", 600, 0.9, 4),
-    "hmdb51": Dataset("hmdb51", "HMDB51", 51, 0.9, 4),
+    "hmdb51": Dataset("hmdb51", "HMDB51", 51, 0.9, 2),
     "hybrid": Dataset("hybrid", "Hybrid", 0, 0.9, 4),  # UnlabeledHybrid: pre-training only
 }
 

@@ -77,6 +77,9 @@ PROTOCOLS = {
     "k710": Protocol("dense", 4, 5, 3),  # VideoMAE V2 evaluates its K710 heads as K400
     "ucf101": Protocol("dense", 4, 5, 3),
     "ssv2": Protocol("segments", 2, 2, 3),
+    # VideoMAE V2 scripts/finetune/vit_g_k710_it_{k600,hmdb51}_ft.sh
+    "k600": Protocol("dense", 4, 5, 3),
+    "hmdb51": Protocol("dense", 2, 5, 3),
 }
 
 
