@@ -18,6 +18,7 @@ import click
 
 from . import hub, interrupts, native_stderr
 from .errors import VMAEError
+from .registry import DEFAULT_FAMILY, FAMILIES
 from .variants import DATASETS, VARIANTS
 
 EXIT_INTERNAL = 1
@@ -112,7 +113,7 @@ def _refuse_what_does_not_apply(given: set[str], values: dict) -> None:
         if values[option] < least:
             raise click.UsageError(f"--{option} must be at least {least}, got {values[option]}")
     if values["list_"]:
-        others = sorted(given - {"list_", "quiet", "debug"})
+        others = sorted(given - {"list_", "quiet", "debug", "family"})
         if others:
             raise click.UsageError(f"--list takes no other option (got {', '.join(_flag(o) for o in others)})")
         return
@@ -128,6 +129,13 @@ def _refuse_what_does_not_apply(given: set[str], values: dict) -> None:
                                    f"{', '.join(_flag(o) for o in ignored)} does not apply")
     if values["num_classes"] is not None and (values["num_classes"] < 1 or values["stage"] != "ft"):
         raise click.UsageError("--num-classes takes a number >= 1, for a fine-tuned head (--stage ft)")
+    if "family" in given:
+        # a file's family is read from the file; --all --synthetic is caught with the entries it picks
+        clash = [o for o in ("checkpoint", "registry_entry") + (() if values["all_"] else ("synthetic",))
+                 if values[o]]
+        if clash:
+            raise click.UsageError("--family picks zoo entries (--list, --all, or the checkpoint to fetch); "
+                                   f"it does not apply with {_flag(clash[0])}")
     if values["pooled"] and not values["encoder_only"]:
         raise click.UsageError("--pooled applies to --encoder-only exports only: add --encoder-only")
     if values["checkpoint"] and values["synthetic"]:
@@ -224,6 +232,9 @@ class OneLineUsageErrors(click.Command):
               help="Also write <name>.tflite (LiteRT, batch 1, builtin ops) and gate it against PyTorch.")
 @click.option("--epochs", type=int, default=None,
               help="Pick a non-default official entry (e.g. 800 for the 800-epoch ViT-B) when fetching.")
+@click.option("--family", type=click.Choice(list(FAMILIES)), default=None,
+              help="Zoo entries of this checkpoint family: official .pth files (the default for fetching and "
+                   "--all) or hf, their transformers copies on the hub; --list shows both unless given.")
 @click.option("--list", "list_", is_flag=True, help="Show the model zoo (checkpoints.yaml) and exit.")
 @click.option("--all", "all_", is_flag=True,
               help="Convert every release entry of the zoo (narrowed by an explicit --variant/--dataset/--stage).")
@@ -238,7 +249,8 @@ class OneLineUsageErrors(click.Command):
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
 def main(ctx, variant, dataset, stage, checkpoint, config_file, reference, synthetic, seed, output_dir, atol, rtol, batch, num_classes,
-         encoder_only, pooled, float64, xla, num_frames, image_size, tflite, epochs, list_, all_, include_extra, shard, jobs, name,
+         encoder_only, pooled, float64, xla, num_frames, image_size, tflite, epochs, family, list_, all_, include_extra, shard,
+         jobs, name,
          synthetic_dir, registry_entry, quiet, debug):
     """Convert an official VideoMAE checkpoint to Keras/TensorFlow and prove parity.
 
@@ -267,22 +279,36 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, reference, synth
         from .registry import entry_named, find_entry, format_table, load_registry
 
         if list_:
-            click.echo(format_table(load_registry()))
+            from .registry import filter_entries
+
+            click.echo(format_table(filter_entries(load_registry(), family=family)))
             return 0
         if all_:
             return _run_all(load_registry())
         entry = None
+        hub_name = None
+        # a file that states its architecture (config.json) is checked against what was asked
+        expect = {"variant": variant.upper() if explicit("variant") else None,
+                  "dataset": dataset.lower() if explicit("dataset") else None,
+                  "stage": stage if explicit("stage") else None}
         if not checkpoint and not synthetic:
             from .download import fetch_checkpoint
 
             registry = load_registry()
             entry = (entry_named(registry, registry_entry) if registry_entry
-                     else find_entry(registry, variant, dataset, stage, epochs))
+                     else find_entry(registry, variant, dataset, stage, epochs, family or DEFAULT_FAMILY))
             progress(f"checkpoint: {entry.name} ({entry.source}); cache {entry.sha256 and 'verified' or 'unverified'}")
-            path = fetch_checkpoint(entry, progress=not quiet)
+            if entry.source.type == "hf":
+                path = str(hub.fetch_entry(entry))
+                hub_name = entry.artifact  # the cache folder is named by commit
+                # The entry's facts are checked against the repo's config.json; under the test
+                # hook the fake repo's architecture is a tiny one, so its width is not the variant's.
+                expect = {"variant": None if os.environ.get(TEST_ARCH_ENV) else entry.variant,
+                          "dataset": entry.dataset, "stage": entry.stage}
+            else:
+                path = fetch_checkpoint(entry, progress=not quiet)
         else:
             path = checkpoint
-        hub_name = None
         if checkpoint and hub.is_hub(checkpoint):
             progress(f"checkpoint: {checkpoint} (huggingface_hub cache)")
             path = str(hub.fetch(checkpoint))
@@ -291,7 +317,8 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, reference, synth
 
         chosen = ((entry.variant if entry else variant).upper(), (entry.dataset if entry else dataset).lower(),
                   entry.stage if entry else stage)
-        config = test_config(*chosen, num_classes)
+        # a transformers folder states its own architecture: the test hook resizes official ones only
+        config = None if entry is not None and entry.source.type == "hf" else test_config(*chosen, num_classes)
         if config is not None:
             progress(f"test configuration from ${TEST_ARCH_ENV}: {config}")
         report = convert(
@@ -301,11 +328,7 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, reference, synth
             xla=xla, num_frames=num_frames, image_size=image_size, tflite=tflite,
             name=name or hub_name or (entry.artifact if entry and not encoder_only and not (num_frames or image_size)
                                       else None) or (config and _test_name(config, *chosen, encoder_only, pooled)),
-            synthetic_dir=synthetic_dir, config_file=config_file, reference=reference,
-            # a file that states its architecture (config.json) is checked against what was asked
-            expect={"variant": variant.upper() if explicit("variant") else None,
-                    "dataset": dataset.lower() if explicit("dataset") else None,
-                    "stage": stage if explicit("stage") else None},
+            synthetic_dir=synthetic_dir, config_file=config_file, reference=reference, expect=expect,
         )
         click.echo(summary(report))
         if not report["passed"]:
@@ -325,7 +348,11 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, reference, synth
 
         entries = filter_entries(registry, variant=variant if explicit("variant") else None,
                                  dataset=dataset if explicit("dataset") else None,
-                                 stage=stage if explicit("stage") else None, release_only=not include_extra)
+                                 stage=stage if explicit("stage") else None, release_only=not include_extra,
+                                 family=family or DEFAULT_FAMILY)
+        if synthetic and (family or DEFAULT_FAMILY) != DEFAULT_FAMILY:
+            raise VMAEError(f"--synthetic writes official-format weights; {family} entries convert their own "
+                            "files: drop --synthetic or --family")
         if shard:
             entries = take_shard(entries, shard)
         if not entries:

@@ -108,7 +108,7 @@ class _FakeHub(BaseHTTPRequestHandler):
         if not path.is_file():
             return self._send(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}, body)
         data = path.read_bytes()
-        self._send(200, data, {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+        self._send(200, data, {"X-Repo-Commit": getattr(self.server, "commit", COMMIT), "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
                                "Content-Type": "application/octet-stream"}, body)
 
     def _send(self, status, data, headers, body):
