@@ -203,6 +203,9 @@ class OneLineUsageErrors(click.Command):
                    "(config.json + model.safetensors or pytorch_model.bin), or hf://owner/repo[@revision].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="config.json of a transformers weight file given alone (model.safetensors, .bin).")
+@click.option("--family", type=click.Choice(list(FAMILIES)), default=None,
+              help="Zoo entries of this checkpoint family: official .pth files (the default for fetching and "
+                   "--all) or hf, their transformers copies on the hub; --list shows both unless given.")
 @click.option("--reference", type=click.Choice(["auto", "transformers", "pt_reference"]), default="auto",
               show_default=True, help="Transformers input: prove parity against transformers' own VideoMAE "
                                       "or pt_reference at the file's numerics (auto: transformers when installed).")
@@ -232,9 +235,6 @@ class OneLineUsageErrors(click.Command):
               help="Also write <name>.tflite (LiteRT, batch 1, builtin ops) and gate it against PyTorch.")
 @click.option("--epochs", type=int, default=None,
               help="Pick a non-default official entry (e.g. 800 for the 800-epoch ViT-B) when fetching.")
-@click.option("--family", type=click.Choice(list(FAMILIES)), default=None,
-              help="Zoo entries of this checkpoint family: official .pth files (the default for fetching and "
-                   "--all) or hf, their transformers copies on the hub; --list shows both unless given.")
 @click.option("--list", "list_", is_flag=True, help="Show the model zoo (checkpoints.yaml) and exit.")
 @click.option("--all", "all_", is_flag=True,
               help="Convert every release entry of the zoo (narrowed by an explicit --variant/--dataset/--stage).")
