@@ -112,7 +112,7 @@ def estimated_peak_bytes(entry: Entry, float64: bool, batch: int = 1) -> int:
     checkpoint, the Keras variables, a reload being checked), the frameworks themselves, and one
     forward's activations per clip. The float64 check computes from the float32 weights, so it
     costs activations only; its attention scores dominate (about 1.2 GiB per clip measured at ViT-H)."""
-    cfg = arch_config(entry.variant, entry.dataset, entry.stage)
+    cfg = arch_config(entry.variant, entry.dataset, entry.stage, "v2" if entry.family == "v2" else "v1")
     return int(cfg.num_params * 4 * 3 + FRAMEWORK_BASELINE + max(batch, 1) * activation_bytes(cfg, float64))
 
 
@@ -148,6 +148,8 @@ def _command(entry: Entry, output_dir: Path, synthetic: bool, checkpoint_dir: st
            "--stage", entry.stage, "--output-dir", str(output_dir), "--name", entry.artifact, "--quiet"]
     if synthetic:
         cmd += ["--synthetic", "--synthetic-dir", checkpoint_dir]
+        if entry.family == "v2":  # a V2 ViT-B on SSv2 has v1's name and shapes: say which table
+            cmd += ["--family", "v2"]
     else:
         cmd += ["--registry-entry", entry.name]
     for key in ("seed", "atol", "rtol", "batch"):

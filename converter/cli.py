@@ -18,6 +18,7 @@ import click
 
 from . import hub, interrupts, native_stderr
 from .errors import VMAEError
+from .registry import DEFAULT_FAMILY, FAMILIES
 from .variants import DATASETS, V2_VARIANTS, VARIANTS, generation_for
 
 EXIT_INTERNAL = 1
@@ -112,7 +113,7 @@ def _refuse_what_does_not_apply(given: set[str], values: dict) -> None:
         if values[option] < least:
             raise click.UsageError(f"--{option} must be at least {least}, got {values[option]}")
     if values["list_"]:
-        others = sorted(given - {"list_", "quiet", "debug"})
+        others = sorted(given - {"list_", "quiet", "debug", "family"})
         if others:
             raise click.UsageError(f"--list takes no other option (got {', '.join(_flag(o) for o in others)})")
         return
@@ -128,6 +129,13 @@ def _refuse_what_does_not_apply(given: set[str], values: dict) -> None:
                                    f"{', '.join(_flag(o) for o in ignored)} does not apply")
     if values["num_classes"] is not None and (values["num_classes"] < 1 or values["stage"] != "ft"):
         raise click.UsageError("--num-classes takes a number >= 1, for a fine-tuned head (--stage ft)")
+    if "family" in given:
+        # --synthetic writes .pth files (official and V2 keys); hub entries convert their own folders
+        if values["synthetic"] and values["family"] == "hf":
+            raise click.UsageError("--synthetic writes .pth checkpoints (official or v2 keys), not transformers "
+                                   "folders: drop --synthetic or use --family official/v2")
+        if values["registry_entry"]:
+            raise click.UsageError("--registry-entry names one zoo entry, family included: drop --family")
     if values["pooled"] and not values["encoder_only"]:
         raise click.UsageError("--pooled applies to --encoder-only exports only: add --encoder-only")
     if values["checkpoint"] and values["synthetic"]:
@@ -197,9 +205,10 @@ class OneLineUsageErrors(click.Command):
                    "(config.json + model.safetensors or pytorch_model.bin), or hf://owner/repo[@revision].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="config.json of a transformers weight file given alone (model.safetensors, .bin).")
-@click.option("--family", type=click.Choice(["official", "hf", "v2"]), default=None,
-              help="Checkpoint family: official (VideoMAE .pth), hf (transformers), v2 (VideoMAE V2 .pth). "
-                   "Default: from the file, and V2 where the variant, dataset or shapes are V2's only.")
+@click.option("--family", type=click.Choice(list(FAMILIES)), default=None,
+              help="Checkpoint family: official (VideoMAE .pth), hf (transformers), v2 (VideoMAE V2 .pth). For a "
+                   "file, default: from the file, and V2 where the variant, dataset or shapes are V2's only; for "
+                   "zoo entries (fetching, --all) default official; --list shows every family unless given.")
 @click.option("--remap-head", type=click.Choice(["k400", "k600", "k700"]), default=None,
               help="VideoMAE V2: read a K710 head as a Kinetics-400/600/700 head (V2's label maps, head[index]).")
 @click.option("--reference", type=click.Choice(["auto", "transformers", "pt_reference"]), default="auto",
@@ -244,8 +253,9 @@ class OneLineUsageErrors(click.Command):
 @click.option("--quiet", is_flag=True, help="No progress lines; only the summary.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
-def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_head, reference, synthetic, seed, output_dir, atol, rtol, batch, num_classes,
-         encoder_only, pooled, float64, xla, num_frames, image_size, tflite, epochs, list_, all_, include_extra, shard, jobs, name,
+def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_head, reference, synthetic, seed, output_dir,
+         atol, rtol, batch, num_classes, encoder_only, pooled, float64, xla, num_frames, image_size, tflite, epochs, list_,
+         all_, include_extra, shard, jobs, name,
          synthetic_dir, registry_entry, quiet, debug):
     """Convert an official VideoMAE checkpoint to Keras/TensorFlow and prove parity.
 
@@ -276,22 +286,36 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_he
         from .registry import entry_named, find_entry, format_table, load_registry
 
         if list_:
-            click.echo(format_table(load_registry()))
+            from .registry import filter_entries
+
+            click.echo(format_table(filter_entries(load_registry(), family=family)))
             return 0
         if all_:
             return _run_all(load_registry())
         entry = None
+        hub_name = None
+        # a file that states its architecture (config.json) is checked against what was asked
+        expect = {"variant": variant.upper() if explicit("variant") else None,
+                  "dataset": dataset.lower() if explicit("dataset") else None,
+                  "stage": stage if explicit("stage") else None}
         if not checkpoint and not synthetic:
             from .download import fetch_checkpoint
 
             registry = load_registry()
             entry = (entry_named(registry, registry_entry) if registry_entry
-                     else find_entry(registry, variant, dataset, stage, epochs))
+                     else find_entry(registry, variant, dataset, stage, epochs, family or DEFAULT_FAMILY))
             progress(f"checkpoint: {entry.name} ({entry.source}); cache {entry.sha256 and 'verified' or 'unverified'}")
-            path = fetch_checkpoint(entry, progress=not quiet)
+            if entry.source.type == "hf":
+                path = str(hub.fetch_entry(entry))
+                hub_name = entry.artifact  # the cache folder is named by commit
+                # The entry's facts are checked against the repo's config.json; under the test
+                # hook the fake repo's architecture is a tiny one, so its width is not the variant's.
+                expect = {"variant": None if os.environ.get(TEST_ARCH_ENV) else entry.variant,
+                          "dataset": entry.dataset, "stage": entry.stage}
+            else:
+                path = fetch_checkpoint(entry, progress=not quiet)
         else:
             path = checkpoint
-        hub_name = None
         if checkpoint and hub.is_hub(checkpoint):
             progress(f"checkpoint: {checkpoint} (huggingface_hub cache)")
             path = str(hub.fetch(checkpoint))
@@ -300,7 +324,9 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_he
 
         chosen = ((entry.variant if entry else variant).upper(), (entry.dataset if entry else dataset).lower(),
                   entry.stage if entry else stage)
-        config = test_config(*chosen, num_classes, family)
+        family = family or (entry.family if entry else None)
+        # a transformers folder states its own architecture: the test hook resizes official ones only
+        config = None if entry is not None and entry.source.type == "hf" else test_config(*chosen, num_classes, family)
         if config is not None:
             progress(f"test configuration from ${TEST_ARCH_ENV}: {config}")
         report = convert(
@@ -311,12 +337,8 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_he
             name=name or hub_name or (entry.artifact if entry and not encoder_only and not (num_frames or image_size)
                                       else None) or (config and _test_name(config, *chosen, encoder_only, pooled, family,
                                                                                 remap_head)),
-            synthetic_dir=synthetic_dir, config_file=config_file, reference=reference, family=family,
+            synthetic_dir=synthetic_dir, config_file=config_file, reference=reference, expect=expect, family=family,
             remap_head=remap_head,
-            # a file that states its architecture (config.json) is checked against what was asked
-            expect={"variant": variant.upper() if explicit("variant") else None,
-                    "dataset": dataset.lower() if explicit("dataset") else None,
-                    "stage": stage if explicit("stage") else None},
         )
         click.echo(summary(report))
         if not report["passed"]:
@@ -336,7 +358,11 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_he
 
         entries = filter_entries(registry, variant=variant if explicit("variant") else None,
                                  dataset=dataset if explicit("dataset") else None,
-                                 stage=stage if explicit("stage") else None, release_only=not include_extra)
+                                 stage=stage if explicit("stage") else None, release_only=not include_extra,
+                                 family=family or DEFAULT_FAMILY)
+        if synthetic and family == "hf":
+            raise VMAEError(f"--synthetic writes official-format weights; {family} entries convert their own "
+                            "files: drop --synthetic or --family")
         if shard:
             entries = take_shard(entries, shard)
         if not entries:

@@ -13,7 +13,7 @@ from .errors import DownloadError
 
 SCHEME = "hf://"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def is_hub(spec) -> bool:
@@ -22,7 +22,7 @@ def is_hub(spec) -> bool:
 
 def parse(spec: str) -> tuple[str, str | None]:
     repo, _, revision = spec[len(SCHEME):].partition("@")
-    if not _REPO.fullmatch(repo) or (revision == "" and spec.endswith("@")):
+    if not REPO.fullmatch(repo) or (revision == "" and spec.endswith("@")):
         raise DownloadError(f"{spec!r} is not a hub address: use hf://owner/repo or hf://owner/repo@revision")
     return repo, revision or None
 
@@ -56,3 +56,20 @@ def fetch(spec: str) -> Path:
         raise DownloadError(f"cannot download {spec}: {type(err).__name__}: "
                             f"{(str(err).splitlines() or [''])[0][:200]}") from None
     raise DownloadError(f"{spec} holds neither {' nor '.join(WEIGHT_FILES)}: not a VideoMAE weights repo")
+
+
+def fetch_entry(entry) -> Path:
+    """The local folder of a registry entry with an hf source, its weight file checked against
+    the entry's sha256 when the registry knows one (a moved branch shows here, not as other weights)."""
+    folder = fetch(str(entry.source))
+    if entry.sha256:
+        from .export import sha256_file
+        from .families.hf import locate
+
+        weights = locate(folder)[0]
+        actual = sha256_file(weights)
+        if actual != entry.sha256:
+            raise DownloadError(f"{entry.source}: {weights.name} has sha256 {actual} but the registry expects "
+                                f"{entry.sha256} for {entry.name}; the revision moved: pin source.revision to "
+                                "the commit that was verified, or clear sha256 to take the new files")
+    return folder

@@ -1,8 +1,14 @@
-"""checkpoints.yaml as validated, immutable entries: which official files exist and what they become.
+"""checkpoints.yaml as validated, immutable entries: which checkpoint files exist and what they become.
 
 Validation is strict on purpose: the registry drives batch conversions and release names, so a typo
 (an unknown field, a wrong class count, two entries with one artifact name) must stop the run at
 load time with a message naming the entry and the field, not surface later as a wrong artifact.
+
+Entries belong to a checkpoint family (`family`, default `official`): the same trained weights may
+be listed once per family (the official `.pth` and its transformers copy on the hub), so lookups
+and uniqueness go per family. A family here is the sources it is fetched from and how its
+artifacts are named; a new family is one line in FAMILIES and, if its names differ, one branch
+in `_expected_artifact`.
 """
 from __future__ import annotations
 
@@ -15,12 +21,22 @@ from pathlib import Path
 
 import yaml
 
+from . import hub
 from .errors import RegistryError
-from .variants import DATASETS, STAGES, VARIANTS, artifact_name
+from .variants import DATASETS, GENERATIONS, STAGES, V2_VARIANTS, VARIANTS, artifact_name
+
+ALL_VARIANTS = {**VARIANTS, **V2_VARIANTS}  # size order: S, B, L, H, G
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "checkpoints.yaml"
 ENV_PATH = "VMAE_REGISTRY"
-SOURCE_TYPES = ("gdrive", "url")
+# family -> the source types its entries may have
+FAMILIES = {"official": ("gdrive", "url"), "hf": ("hf",), "v2": ("url",)}
+DEFAULT_FAMILY = "official"
+# source type -> the fields it needs (and the only ones it takes, besides `type`)
+SOURCE_FIELDS = {"gdrive": ("id",), "url": ("url",), "hf": ("repo", "revision")}
+SOURCE_TYPES = tuple(SOURCE_FIELDS)
+# a branch, a tag or a commit; "@" and spaces would break the hf://repo@revision address
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Names end up in cache file names and in VMAE_DOWNLOAD_URL_<NAME> variables.
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -28,12 +44,18 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 @dataclass(frozen=True)
 class Source:
-    type: str  # "gdrive" (official files) or "url" (a mirror)
+    type: str  # "gdrive" (official files), "url" (a mirror) or "hf" (a Hugging Face hub repo)
     id: str | None = None
     url: str | None = None
+    repo: str | None = None  # hf: owner/name
+    revision: str | None = None  # hf: branch, tag or commit
 
     def __str__(self) -> str:
-        return f"gdrive:{self.id}" if self.type == "gdrive" else str(self.url)
+        if self.type == "gdrive":
+            return f"gdrive:{self.id}"
+        if self.type == "hf":
+            return f"{hub.SCHEME}{self.repo}@{self.revision}"
+        return str(self.url)
 
 
 @dataclass(frozen=True)
@@ -56,6 +78,7 @@ class Entry:
     top1: float | None = None  # ft only: official accuracy
     top5: float | None = None
     note: str | None = None
+    family: str = DEFAULT_FAMILY
 
     @property
     def verified(self) -> bool:
@@ -82,6 +105,7 @@ _SCHEMA = {
     "top1": ("num", False),
     "top5": ("num", False),
     "note": ("str", False),
+    "family": ("str", False),  # absent: official
 }
 _NULLABLE = {"sha256"} | {k for k, (_, required) in _SCHEMA.items() if not required}
 assert set(_SCHEMA) == {f.name for f in fields(Entry)}
@@ -166,19 +190,26 @@ def _parse_entry(raw, index: int, path: Path) -> Entry:
 
     if not _NAME.fullmatch(raw["name"]):
         fail("name", "use lower-case letters, digits, '.', '_' and '-' only")
-    if raw["variant"] not in VARIANTS:
-        fail("variant", f"unknown variant {raw['variant']!r}; expected one of {', '.join(VARIANTS)}")
-    if raw["dataset"] not in DATASETS:
-        fail("dataset", f"unknown dataset {raw['dataset']!r}; expected one of {', '.join(DATASETS)}")
+    family = raw.get("family") or DEFAULT_FAMILY
+    if family not in FAMILIES:
+        fail("family", f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    generation = GENERATIONS["v2" if family == "v2" else "v1"]  # a family's variant table and datasets
+    if raw["variant"] not in generation.variants:
+        fail("variant", f"unknown {generation.title} variant {raw['variant']!r}; "
+                        f"expected one of {', '.join(generation.variants)}")
     if raw["stage"] not in STAGES:
         fail("stage", f"unknown stage {raw['stage']!r}; expected one of {', '.join(STAGES)}")
+    allowed = generation.pretrain_datasets if raw["stage"] == "pt" else generation.finetune_datasets
+    if raw["dataset"] not in allowed:
+        fail("dataset", f"unknown {generation.title} dataset {raw['dataset']!r} for stage {raw['stage']}; "
+                        f"expected one of {', '.join(allowed)}")
     for key in ("epochs", "frames", "tubelet", "image_size"):
         if raw[key] <= 0:
             fail(key, f"must be positive, got {raw[key]}")
     if raw["frames"] % raw["tubelet"]:
         fail("frames", f"{raw['frames']} is not a multiple of tubelet {raw['tubelet']}")
 
-    variant, dataset = VARIANTS[raw["variant"]], DATASETS[raw["dataset"]]
+    variant, dataset = generation.variants[raw["variant"]], DATASETS[raw["dataset"]]
     # The stage decides which head the network has, so the head facts must agree with it.
     if raw["stage"] == "ft":
         for key in ("mask_ratio", "decoder_depth"):
@@ -202,35 +233,62 @@ def _parse_entry(raw, index: int, path: Path) -> Entry:
                                   f"got {raw.get('decoder_depth')}")
 
     source = raw["source"]
-    if set(source) - {"type", "id", "url"}:
-        fail("source", f"unknown keys {sorted(set(source) - {'type', 'id', 'url'})}; allowed: type, id, url")
-    if source.get("type") not in SOURCE_TYPES:
-        fail("source", f"type must be one of {', '.join(SOURCE_TYPES)}, got {source.get('type')!r}")
-    needed = "id" if source["type"] == "gdrive" else "url"
-    if not isinstance(source.get(needed), str) or not source[needed]:
-        fail("source", f"a {source['type']} source needs a non-empty string {needed!r}")
+    kind = source.get("type")
+    if kind not in FAMILIES[family]:
+        fail("source", f"type must be one of {', '.join(FAMILIES[family])} for {family} entries, got {kind!r}"
+                       + ("; hub repos go in entries with family: hf" if kind == "hf" else ""))
+    allowed = ("type", *SOURCE_FIELDS[kind])
+    if set(source) - set(allowed):
+        fail("source", f"unknown keys {sorted(set(source) - set(allowed))} for a {kind} source; "
+                       f"allowed: {', '.join(allowed)}")
+    for needed in SOURCE_FIELDS[kind]:
+        if not isinstance(source.get(needed), str) or not source[needed]:
+            fail(f"source.{needed}" if kind == "hf" else "source",
+                 f"a {kind} source needs a non-empty string {needed!r}"
+                 + ("; use a commit (40 hex digits) or, until one is known, a branch such as main"
+                    if needed == "revision" else ""))
+    if kind == "hf":
+        if not hub.REPO.fullmatch(source["repo"]):
+            fail("source.repo", f"{source['repo']!r} is not a hub repo: use owner/name, e.g. MCG-NJU/videomae-base")
+        if not _REVISION.fullmatch(source["revision"]):
+            fail("source.revision", f"{source['revision']!r} is not a branch, tag or commit")
 
     sha = raw["sha256"]
     if sha is not None and not _SHA256.fullmatch(sha):
         fail("sha256", f"must be null or 64 lower-case hex digits, got {sha!r}")
 
-    base = artifact_name(variant.name, dataset.key, raw["stage"], raw["frames"], raw["image_size"])
-    if raw["artifact"] != base and not raw["artifact"].startswith(base + "_"):
+    expected = _expected_artifact(family, raw, source)
+    if expected and raw["artifact"] != expected:
+        fail("artifact", f"a {family} entry's artifact is named after its source: {expected}, "
+                         f"got {raw['artifact']!r}")
+    base = artifact_name(variant.name, dataset.key, raw["stage"], raw["frames"], raw["image_size"], generation.key)
+    if not expected and raw["artifact"] != base and not raw["artifact"].startswith(base + "_"):
         fail("artifact", f"must be {base} or start with {base}_ (e.g. {base}_{raw['epochs']}e), "
                          f"got {raw['artifact']!r}")
 
     values = {key: raw.get(key) for key in _SCHEMA}
     values["source"] = Source(**source)
+    values["family"] = family
     return Entry(**values)
+
+
+def _expected_artifact(family: str, raw: dict, source: dict) -> str | None:
+    """The one artifact name a family allows, or None where the release naming applies.
+    Hub entries are named as `--checkpoint hf://...` names them: their head count and
+    numerics are the repo's own, so they take no official release name."""
+    if family == "hf":
+        return hub.artifact_name(f"{hub.SCHEME}{source['repo']}")
+    return None
 
 
 def _check_unique(entries: list[Entry], path: Path) -> None:
     keys = {
         "name": lambda e: e.name,
         "artifact": lambda e: e.artifact,
-        # find_entry looks entries up by these, so two of them would make a request ambiguous.
-        "epochs": lambda e: (e.variant, e.dataset, e.stage, e.epochs),
-        "release": lambda e: (e.variant, e.dataset, e.stage) if e.release else None,
+        # find_entry looks entries up by these within a family, so two of them would make a
+        # request ambiguous; across families the same weights are expected.
+        "epochs": lambda e: (e.family, e.variant, e.dataset, e.stage, e.epochs),
+        "release": lambda e: (e.family, e.variant, e.dataset, e.stage) if e.release else None,
     }
     for field, key in keys.items():
         seen: dict = {}
@@ -239,8 +297,9 @@ def _check_unique(entries: list[Entry], path: Path) -> None:
             if k is None:
                 continue
             if k in seen:
-                what = {"epochs": "variant, dataset, stage and epochs",
-                        "release": "variant, dataset and stage as another release entry"}.get(field, field)
+                what = {"epochs": f"family ({entry.family}), variant, dataset, stage and epochs",
+                        "release": f"family ({entry.family}), variant, dataset and stage as another release "
+                                   "entry"}.get(field, field)
                 raise RegistryError(f"{path.name}: entry {entry.name!r}, field {field!r}: same {what} "
                                     f"as entry {seen[k]!r}; each must be unique")
             seen[k] = entry.name
@@ -249,7 +308,7 @@ def _check_unique(entries: list[Entry], path: Path) -> None:
 def _normalise(variant=None, dataset=None, stage=None):
     """Accept any case on the command line; answer unknown spellings with the accepted ones."""
     out = []
-    for value, table, canon in ((variant, VARIANTS, str.upper), (dataset, DATASETS, str.lower),
+    for value, table, canon in ((variant, ALL_VARIANTS, str.upper), (dataset, DATASETS, str.lower),
                                 (stage, STAGES, str.lower)):
         if value is None:
             out.append(None)
@@ -262,12 +321,20 @@ def _normalise(variant=None, dataset=None, stage=None):
     return out
 
 
-def filter_entries(entries, variant=None, dataset=None, stage=None, release_only=False) -> list[Entry]:
+def _check_family(family) -> None:
+    if family is not None and family not in FAMILIES:
+        raise RegistryError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+
+
+def filter_entries(entries, variant=None, dataset=None, stage=None, release_only=False,
+                   family=None) -> list[Entry]:
     """Entries matching every given criterion, in registry order."""
     variant, dataset, stage = _normalise(variant, dataset, stage)
+    _check_family(family)
     return [
         e for e in entries
-        if (variant is None or e.variant == variant)
+        if (family is None or e.family == family)
+        and (variant is None or e.variant == variant)
         and (dataset is None or e.dataset == dataset)
         and (stage is None or e.stage == stage)
         and (not release_only or e.release)
@@ -281,14 +348,15 @@ def entry_named(entries, name: str, source="checkpoints.yaml") -> Entry:
     raise RegistryError(f"no entry named {name!r} in {source}; see vmae-convert --list")
 
 
-def find_entry(entries, variant, dataset, stage, epochs=None) -> Entry:
-    """One entry: the given epochs, else the release entry, else the longest-trained one."""
+def find_entry(entries, variant, dataset, stage, epochs=None, family=DEFAULT_FAMILY) -> Entry:
+    """One entry of `family`: the given epochs, else the release entry, else the longest-trained one."""
     variant, dataset, stage = _normalise(variant, dataset, stage)
-    matches = filter_entries(entries, variant, dataset, stage)
+    matches = filter_entries(entries, variant, dataset, stage, family=family)
     if not matches:
-        present = {e.variant for e in filter_entries(entries, dataset=dataset, stage=stage)}
-        have = [v for v in VARIANTS if v in present]  # size order, as users know them
-        raise RegistryError(f"no {stage} checkpoint for variant {variant} on {dataset}; "
+        present = {e.variant for e in filter_entries(entries, dataset=dataset, stage=stage, family=family)}
+        have = [v for v in ALL_VARIANTS if v in present]  # size order, as users know them
+        where = "" if family == DEFAULT_FAMILY else f" in family {family}"
+        raise RegistryError(f"no {stage} checkpoint{where} for variant {variant} on {dataset}; "
                             f"variants available there: {', '.join(have) or 'none'} (see vmae-convert --list)")
     if epochs is not None:
         for e in matches:
@@ -316,11 +384,11 @@ def format_table(entries) -> str:
     """Plain-text table for `vmae-convert --list`."""
     if not entries:
         return "no matching checkpoints"
-    header = ("name", "variant", "dataset", "stage", "epochs", "top-1/top-5", "release", "source",
+    header = ("name", "family", "variant", "dataset", "stage", "epochs", "top-1/top-5", "release", "source",
               "sha256", "artifact")
     rows = [header] + [
         (
-            e.name, e.variant, e.dataset, e.stage, str(e.epochs),
+            e.name, e.family, e.variant, e.dataset, e.stage, str(e.epochs),
             f"{e.top1:.1f}/{e.top5:.1f}" if e.top1 is not None and e.top5 is not None else "-",
             "yes" if e.release else "no",
             str(e.source),

@@ -56,6 +56,11 @@ REFUSED = {
     "epochs with synthetic": (["--synthetic", "--epochs", "800"], "--epochs picks an official file to fetch"),
     "list with variant": (["--list", "--variant", "B"], "--list takes no other option (got --output-dir, --variant)"),
     "all with checkpoint": (["--all", "--checkpoint", "{tmp}/x.pth"], "--all converts the zoo entries as they are"),
+    "family with checkpoint": (["--family", "hf", "--checkpoint", "{tmp}/x.pth"],
+                               "--family picks zoo entries (--list, --all, or the checkpoint to fetch); it does "
+                               "not apply with --checkpoint"),
+    "family with synthetic": (["--family", "official", "--synthetic"], "it does not apply with --synthetic"),
+    "unknown family": (["--list", "--family", "v9"], "Invalid value for '--family'"),
 }
 
 

@@ -62,9 +62,10 @@ def _outcome(case, rules):
 
 FORMS = [(hf.CLASSIFIER, "transformers5", {}), (hf.CLASSIFIER, "hub", {"use_mean_pooling": False}),
          (hf.PRETRAINING, "hub", {}), (hf.BACKBONE, "transformers5", {}), (hf.CLASSIFIER, "module_keys", {}),
-         (hf.PRETRAINING, "module_keys", {}), (hf.BACKBONE, "module_keys", {})]
+         (hf.PRETRAINING, "module_keys", {}), (hf.BACKBONE, "module_keys", {}),
+         (hf.BACKBONE, "transformers5", {"use_mean_pooling": True})]
 FORM_IDS = ["classifier-mean-pooling", "classifier-first-token-hub", "pretraining-hub", "backbone",
-            "classifier-query-bias", "pretraining-query-bias", "backbone-query-bias"]
+            "classifier-query-bias", "pretraining-query-bias", "backbone-query-bias", "backbone-no-final-norm"]
 
 
 @pytest.mark.parametrize("architecture,style,overrides", FORMS, ids=FORM_IDS)
@@ -96,6 +97,26 @@ def test_breaking_one_transformers_rule_fails_parity(tmp_path_factory, architect
         pytest.skip("this form has no such tensor; another form covers the rule")
     broken = dataclasses.replace(rule, transform=BROKEN[rule.transform.name])
     assert _outcome(case, [broken if r is rule else r for r in table]) in ("caught", "refused")
+
+
+def test_a_backbone_saved_with_mean_pooling_ends_without_a_norm(tmp_path_factory):
+    """transformers gives such a VideoMAEModel no layernorm: its last hidden state is the last layer's
+    output as it is. The Keras backbone leaves `norm` out for it, and only for it: either form
+    built for the other file is refused by the accounting (a weight missing or left over)."""
+    plain = Case.get(tmp_path_factory, hf.BACKBONE, use_mean_pooling=True)
+    normed = Case.get(tmp_path_factory, hf.BACKBONE)
+    ckpt, arch, model, video, _, expected = plain
+    assert not arch.final_norm and normed[1].final_norm
+    assert not any(k.startswith("layernorm.") for k in ckpt.tensors)
+    assert "norm" not in [layer.name for layer in model.layers]
+    assert _outcome(plain, hf.rules_for(hf.BACKBONE)) == "passes"
+    # The tokens really are un-normalised, so a norm applied by mistake would show at the gate.
+    mean, std = expected.mean(-1, keepdims=True), expected.std(-1, keepdims=True)
+    assert not compare((expected - mean) / std, expected, **TOL)["passed"]
+    for tensors, cfg in ((ckpt.tensors, arch.with_(final_norm=True)),
+                         (normed[0].tensors, normed[1].with_(final_norm=False))):
+        with pytest.raises(MappingError):
+            load_into(build_backbone(cfg), tensors, hf.rules_for(hf.BACKBONE))
 
 
 def test_qkv_transpose_dropped_is_caught(tmp_path_factory):

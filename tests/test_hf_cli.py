@@ -42,6 +42,26 @@ def test_safetensors_with_config_converts_through_the_cli(tmp_path):
     assert _report(tmp_path / "out", "TFVideoMAE_hf_loose")["architecture"] == hf.PRETRAINING
 
 
+def test_backbone_without_final_layernorm_converts_through_the_cli(tmp_path):
+    """A VideoMAEModel saved with use_mean_pooling (no layernorm): converted, parity against
+    transformers, the .keras and SavedModel reloads checked by the pipeline, and back out to
+    a folder transformers loads."""
+    folder = save_transformers(tmp_path / "videomae-tiny-backbone", hf.BACKBONE, use_mean_pooling=True)
+    out = tmp_path / "out"
+    result = run_cli("--checkpoint", folder, "--output-dir", out, "--no-xla", "--quiet")
+    assert result.returncode == 0, result.stderr
+    name = "TFVideoMAE_hf_videomae-tiny-backbone"
+    report = _report(out, name)
+    assert report["passed"] and report["architecture"] == hf.BACKBONE and report["encoder_only"]
+    assert report["config"]["final_norm"] is False and report["output_shape"] == [1, 8, 64]
+    assert report["checks"]["float64"]["max_abs"] < 1e-10 and report["checks"]["keras"]["passed"]
+    back = run_cli("--weights", out / f"{name}.weights.h5", "--to", "hf", "--output", tmp_path / "back",
+                   module="converter.export_cli")
+    assert back.returncode == 0, back.stderr
+    assert "(PASS)" in back.stdout
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["use_mean_pooling"] is True
+
+
 @pytest.mark.parametrize("args,message", [
     (["--variant", "B"], "error: config.json describes width 64, depth 2 (no zoo variant), not ViT-B: drop --variant"),
     (["--stage", "pt"], "error: config.json describes a VideoMAEForVideoClassification (stage ft), not --stage pt"),
@@ -88,7 +108,7 @@ class _FakeHub(BaseHTTPRequestHandler):
         if not path.is_file():
             return self._send(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}, body)
         data = path.read_bytes()
-        self._send(200, data, {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+        self._send(200, data, {"X-Repo-Commit": getattr(self.server, "commit", COMMIT), "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
                                "Content-Type": "application/octet-stream"}, body)
 
     def _send(self, status, data, headers, body):

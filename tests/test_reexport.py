@@ -3,12 +3,13 @@ rule tables run backwards, proven by the family's own PyTorch reference on the w
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_FT, TINY_PT, run_cli
-from hf_folders import save_hub_style, save_module_keys
+from hf_folders import save_hub_style, save_module_keys, save_transformers
 
 from converter.checkpoint import read_checkpoint
 from converter.errors import ExportError, ParityError
@@ -34,7 +35,9 @@ def test_official_round_trip_gives_the_same_tensors(tmp_path, cfg):
 
 
 @pytest.mark.parametrize("architecture,save", [(hf.CLASSIFIER, save_hub_style), (hf.PRETRAINING, save_module_keys),
-                                               (hf.BACKBONE, save_hub_style)])
+                                               (hf.BACKBONE, save_hub_style),
+                                               (hf.BACKBONE, partial(save_transformers, use_mean_pooling=True))],
+                         ids=["classifier", "pretraining", "backbone", "backbone-no-final-norm"])
 def test_hf_round_trip_gives_the_same_tensors_and_loads_in_transformers(tmp_path, architecture, save):
     import transformers
 

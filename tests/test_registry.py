@@ -62,6 +62,24 @@ CLASSES = {"k400": 400, "ssv2": 174, "ucf101": 101}
 MASK_RATIO = {"k400": 0.9, "ssv2": 0.9, "ucf101": 0.75}
 DECODER_DEPTH = {"S": 4, "B": 4, "L": 12, "H": 12}
 
+# The 13 MCG-NJU hub repos, as transformers' convert_videomae_to_pytorch.py names and describes them
+# ("short = pretrained only for 800 epochs instead of 1600/2400"); "finetuned" ones are classifiers.
+HUB = {
+    "videomae-small-finetuned-kinetics": ("S", "k400", "ft", 1600),
+    "videomae-small-finetuned-ssv2": ("S", "ssv2", "ft", 2400),
+    "videomae-base-short": ("B", "k400", "pt", 800),
+    "videomae-base-short-finetuned-kinetics": ("B", "k400", "ft", 800),
+    "videomae-base": ("B", "k400", "pt", 1600),
+    "videomae-base-finetuned-kinetics": ("B", "k400", "ft", 1600),
+    "videomae-large": ("L", "k400", "pt", 1600),
+    "videomae-large-finetuned-kinetics": ("L", "k400", "ft", 1600),
+    "videomae-huge-finetuned-kinetics": ("H", "k400", "ft", 1600),
+    "videomae-base-short-ssv2": ("B", "ssv2", "pt", 800),
+    "videomae-base-short-finetuned-ssv2": ("B", "ssv2", "ft", 800),
+    "videomae-base-ssv2": ("B", "ssv2", "pt", 2400),
+    "videomae-base-finetuned-ssv2": ("B", "ssv2", "ft", 2400),
+}
+
 
 @pytest.fixture(scope="module")
 def entries():
@@ -72,13 +90,34 @@ def entries():
 
 
 def test_real_registry_has_every_official_checkpoint(entries):
-    assert len(entries) == 18
-    got = {(e.dataset, e.variant, e.epochs, e.stage, e.source.type, e.source.id) for e in entries}
+    official = [e for e in entries if e.family == "official"]
+    assert len(official) == 18 and len(entries) == 18 + len(HUB)
+    got = {(e.dataset, e.variant, e.epochs, e.stage, e.source.type, e.source.id) for e in official}
     assert got == {(d, v, ep, s, "gdrive", fid) for d, v, ep, s, fid, _, _ in OFFICIAL}
 
 
+def test_real_registry_has_every_mcg_nju_hub_repo(entries):
+    hub = {e.source.repo: e for e in entries if e.family == "hf"}
+    assert {repo.split("/")[0] for repo in hub} == {"MCG-NJU"}
+    assert {repo.split("/")[1]: (e.variant, e.dataset, e.stage, e.epochs) for repo, e in hub.items()} == HUB
+    official = {(e.variant, e.dataset, e.stage, e.epochs) for e in entries if e.family == "official"}
+    for repo, e in hub.items():
+        assert (e.variant, e.dataset, e.stage, e.epochs) in official  # the same trained weights
+        assert e.source.type == "hf" and e.source.revision == "main"  # not pinned yet (see the YAML)
+        assert e.artifact == "TFVideoMAE_hf_" + repo.split("/")[1] and e.name == "hf-" + repo.split("/")[1]
+        assert (e.frames, e.tubelet, e.image_size) == (16, 2, 224) and (e.top1, e.top5) == (None, None)
+        if e.stage == "ft":
+            assert e.num_classes == CLASSES[e.dataset] and "finetuned" in repo
+        else:
+            assert (e.mask_ratio, e.decoder_depth) == (MASK_RATIO[e.dataset], DECODER_DEPTH[e.variant])
+        # release: the longest-trained repo of its row, as for the official files
+        assert e.release == (e.epochs == max(o.epochs for o in hub.values()
+                                             if (o.variant, o.dataset, o.stage) == (e.variant, e.dataset, e.stage)))
+        assert str(e.source) == f"hf://{repo}@main"
+
+
 def test_real_registry_facts_per_entry(entries):
-    by_key = {(e.dataset, e.variant, e.epochs, e.stage): e for e in entries}
+    by_key = {(e.dataset, e.variant, e.epochs, e.stage): e for e in entries if e.family == "official"}
     for d, v, ep, s, _, top1, top5 in OFFICIAL:
         e = by_key[(d, v, ep, s)]
         assert (e.frames, e.tubelet, e.image_size) == (16, 2, 224)
@@ -92,14 +131,14 @@ def test_real_registry_facts_per_entry(entries):
 
 
 def test_release_entries_are_exactly_the_model_zoo_rows(entries):
-    releases = {(e.variant, e.dataset, e.stage): e for e in entries if e.release}
+    releases = {(e.variant, e.dataset, e.stage): e for e in entries if e.release and e.family == "official"}
     assert {k: e.artifact for k, e in releases.items()} == ZOO
     for (_, dataset, _), e in releases.items():
         assert e.epochs == ZOO_EPOCHS[dataset]
 
 
 def test_non_release_entries(entries):
-    others = {e.name: e for e in entries if not e.release}
+    others = {e.name: e for e in entries if not e.release and e.family == "official"}
     assert {(e.variant, e.dataset, e.stage, e.epochs) for e in others.values()} == {
         ("B", "k400", "pt", 800), ("B", "k400", "ft", 800), ("B", "ssv2", "pt", 800),
         ("B", "ssv2", "ft", 800), ("H", "k400", "pt", 1600)}
@@ -208,6 +247,76 @@ def test_invalid_entry_is_rejected_naming_entry_and_field(tmp_path, mutate, entr
     assert "\n" not in msg
 
 
+def _hub_entry():
+    """The hub copy of _ft_entry's weights: same variant, dataset, stage and epochs, another family."""
+    return {**_ft_entry(), "name": "hf-videomae-base-finetuned-kinetics", "family": "hf", "top1": None,
+            "top5": None, "source": {"type": "hf", "repo": "MCG-NJU/videomae-base-finetuned-kinetics",
+                                     "revision": "main"},
+            "artifact": "TFVideoMAE_hf_videomae-base-finetuned-kinetics"}
+
+
+def _source(**changes):
+    def mutate(hub):
+        hub["source"] = {k: v for k, v in {**hub["source"], **changes}.items() if v is not None}
+    return mutate
+
+
+def _hub(field, value):
+    def mutate(hub):
+        hub[field] = value
+    return mutate
+
+
+BAD_HUB = [
+    ("unknown family", _hub("family", "v3"), "family", "unknown family 'v3'; expected one of official, hf"),
+    ("family not a string", _hub("family", 2), "family", "must be a string"),
+    ("bad repo", _source(repo="videomae-base"), "source.repo", "is not a hub repo: use owner/name"),
+    ("repo with spaces", _source(repo="MCG NJU/videomae"), "source.repo", "is not a hub repo"),
+    ("missing revision", _source(revision=None), "source.revision", "needs a non-empty string 'revision'"),
+    ("empty revision", _source(revision=""), "source.revision", "needs a non-empty string 'revision'"),
+    ("revision with @", _source(revision="main@x"), "source.revision", "is not a branch, tag or commit"),
+    ("missing repo", _source(repo=None), "source.repo", "needs a non-empty string 'repo'"),
+    ("gdrive key on a hub source", _source(id="abc"), "source", "unknown keys ['id'] for a hf source"),
+    ("hub entry from Drive", _hub("source", {"type": "gdrive", "id": "abc"}), "source",
+     "type must be one of hf for hf entries, got 'gdrive'"),
+    ("hub source in the official family", _hub("family", "official"), "source",
+     "hub repos go in entries with family: hf"),
+    ("release name for a hub entry", _hub("artifact", "TFVideoMAE_B_K400_16x224_FT"), "artifact",
+     "named after its source: TFVideoMAE_hf_videomae-base-finetuned-kinetics"),
+    ("hub classes of another dataset", _hub("num_classes", 174), "num_classes", "k400 has 400 classes"),
+]
+
+
+@pytest.mark.parametrize("mutate, field, says", [b[1:] for b in BAD_HUB], ids=[b[0] for b in BAD_HUB])
+def test_invalid_hub_entry_is_one_error_naming_entry_and_field(tmp_path, mutate, field, says):
+    hub = _hub_entry()
+    assert len(load_registry(_write(tmp_path, [_ft_entry(), hub]))) == 2  # valid before the mutation
+    mutate(hub)
+    with pytest.raises(RegistryError) as err:
+        load_registry(_write(tmp_path, [_ft_entry(), hub]))
+    msg = str(err.value)
+    assert msg.startswith(f"reg.yaml: entry 'hf-videomae-base-finetuned-kinetics', field {field!r}: "), msg
+    assert says in msg and "\n" not in msg, msg
+
+
+def test_hub_entries_are_unique_within_their_family(tmp_path):
+    hub = _hub_entry()
+    loaded = load_registry(_write(tmp_path, [_ft_entry(), hub]))  # same weights, two families: fine
+    assert [e.family for e in loaded] == ["official", "hf"] and all(e.release for e in loaded)
+    assert loaded[1].source.revision == "main" and str(loaded[1].source).endswith("@main")
+    twin = {**_hub_entry(), "name": "hf-twin", "release": False,
+            "source": {"type": "hf", "repo": "someone/videomae-twin", "revision": "a" * 40},
+            "artifact": "TFVideoMAE_hf_videomae-twin"}
+    with pytest.raises(RegistryError, match=r"entry 'hf-twin', field 'epochs': same family \(hf\), variant"):
+        load_registry(_write(tmp_path, [_ft_entry(), hub, twin]))
+    twin.update(epochs=800)
+    twin["release"] = True
+    with pytest.raises(RegistryError, match=r"entry 'hf-twin', field 'release': same family \(hf\)"):
+        load_registry(_write(tmp_path, [_ft_entry(), hub, twin]))
+    twin["release"] = False
+    assert len(load_registry(_write(tmp_path, [_ft_entry(), hub, twin]))) == 3
+
+
 def test_duplicate_name_and_artifact(tmp_path):
     a, b = _ft_entry(), _ft_entry()
     b["epochs"], b["release"], b["artifact"] = 800, False, "TFVideoMAE_B_K400_16x224_FT_800e"
@@ -255,6 +364,17 @@ def test_find_entry_defaults_to_release_then_longest(entries):
     assert find_entry(no_release, "B", "k400", "ft").epochs == 1600
 
 
+def test_find_entry_picks_within_a_family(entries):
+    assert find_entry(entries, "B", "k400", "ft").family == "official"  # fetching stays official by default
+    hub = find_entry(entries, "B", "k400", "ft", family="hf")
+    assert hub.name == "hf-videomae-base-finetuned-kinetics" and hub.source.type == "hf"
+    assert find_entry(entries, "B", "k400", "pt", epochs=800, family="hf").name == "hf-videomae-base-short"
+    with pytest.raises(RegistryError, match="no ft checkpoint in family hf for variant B on ucf101"):
+        find_entry(entries, "B", "ucf101", "ft", family="hf")
+    with pytest.raises(RegistryError, match="unknown family 'v9'"):
+        filter_entries(entries, family="v9")
+
+
 def test_find_entry_errors(entries):
     with pytest.raises(RegistryError, match="variant L on ssv2.*S, B"):
         find_entry(entries, "L", "ssv2", "ft")
@@ -267,7 +387,9 @@ def test_find_entry_errors(entries):
 
 
 def test_filter_entries(entries):
-    assert len(filter_entries(entries, release_only=True)) == len(ZOO)
+    assert len(filter_entries(entries, release_only=True, family="official")) == len(ZOO)
+    assert len(filter_entries(entries, release_only=True, family="hf")) == 9
+    assert {e.family for e in filter_entries(entries, family="hf")} == {"hf"}
     assert {e.name for e in filter_entries(entries, dataset="ucf101")} == {"ucf101-b-3200-pt", "ucf101-b-3200-ft"}
     pt_b = filter_entries(entries, variant="b", stage="pt")
     assert {(e.dataset, e.epochs) for e in pt_b} == {("k400", 800), ("k400", 1600), ("ssv2", 800),
@@ -311,12 +433,16 @@ def test_format_table(entries):
     table = format_table([entries[0], verified])
     lines = table.splitlines()
     assert len(lines) == 4
-    assert lines[0].split() == ["name", "variant", "dataset", "stage", "epochs", "top-1/top-5", "release",
+    assert lines[0].split() == ["name", "family", "variant", "dataset", "stage", "epochs", "top-1/top-5", "release",
                                 "source", "sha256", "artifact"]
-    assert lines[2].split() == ["k400-s-1600-pt", "S", "k400", "pt", "1600", "-", "yes",
+    assert lines[2].split() == ["k400-s-1600-pt", "official", "S", "k400", "pt", "1600", "-", "yes",
                                 "gdrive:1nU-H1u3eJ-VuyCveU7v-WIOcAVxs5Hww", "unverified",
                                 "TFVideoMAE_S_K400_16x224_PT"]
-    assert lines[3].split()[5] == "79.0/93.8" and lines[3].split()[8] == "verified"
+    assert lines[3].split()[6] == "79.0/93.8" and lines[3].split()[9] == "verified"
+    hub = next(e for e in entries if e.name == "hf-videomae-base-ssv2")
+    assert format_table([hub]).splitlines()[2].split() == [
+        "hf-videomae-base-ssv2", "hf", "B", "ssv2", "pt", "2400", "-", "yes", "hf://MCG-NJU/videomae-base-ssv2@main",
+        "unverified", "TFVideoMAE_hf_videomae-base-ssv2"]
     assert format_table([]) == "no matching checkpoints"
 
 

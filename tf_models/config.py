@@ -37,6 +37,9 @@ class ArchConfig:
     use_mean_pooling: bool = True
     layer_scale: bool = False  # blocks.{i}.gamma_1 / gamma_2 present
     learnable_pos_embed: bool = False
+    # The headless backbone ends in `norm`; False for transformers' VideoMAEModel with
+    # use_mean_pooling, whose last_hidden_state is the last block's output, un-normalised.
+    final_norm: bool = True
     # Pre-training (masked autoencoder) decoder; decoder_depth 0 means "fine-tuned classifier".
     decoder_embed_dim: int = 0
     decoder_depth: int = 0

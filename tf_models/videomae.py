@@ -100,13 +100,15 @@ def build_backbone(cfg: ArchConfig, pooled=False, dtype=None, drop_path_rate=0.0
     [B, N, dim] after the encoder norm, or their mean [B, dim] with pooled=True.
 
     Layer names match the classifier's (`blocks_i`, ...), plus `norm`, so it is the start
-    of a fine-tuning model: add pooling/a head on top.
+    of a fine-tuning model: add pooling/a head on top. `cfg.final_norm=False` leaves `norm`
+    out, as a transformers VideoMAEModel saved with use_mean_pooling has none.
     """
     video = _video_input(cfg, dtype)
     x = _encoder_tokens(cfg, video, "", dtype)
     x = _stack(x, cfg, "", cfg.depth, cfg.embed_dim, cfg.num_heads, cfg.mlp_dim, dtype,
                drop_path_rate, dropout)
-    x = layer_norm("norm", dtype, cfg.layer_norm_eps)(x)
+    if cfg.final_norm:
+        x = layer_norm("norm", dtype, cfg.layer_norm_eps)(x)
     if pooled:
         x = layers.GlobalAveragePooling1D(name="pool", dtype=_float32_if_low(dtype))(x)
     return keras.Model(video, x, name=name)

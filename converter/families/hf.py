@@ -323,10 +323,9 @@ def arch_config(ckpt: HFCheckpoint):
         labels = ckpt.labels
         fields["num_classes"] = len(labels) if labels else (int(head.shape[0]) if head is not None else 0)
     else:
-        if fields["use_mean_pooling"]:
-            raise CheckpointError("config.json: this VideoMAEModel has no final layernorm (use_mean_pooling=true); "
-                                  "the Keras backbone ends with one: not supported")
-        fields["num_classes"] = 0
+        # transformers builds VideoMAEModel.layernorm only without mean pooling; with it, the
+        # last hidden state is the last layer's output as it is.
+        fields.update(num_classes=0, final_norm=not fields["use_mean_pooling"])
     try:
         arch = ArchConfig(**fields)
     except ValueError as err:
@@ -407,7 +406,9 @@ def hf_config(arch, architecture: str, raw: dict | None = None, labels=None):
                   intermediate_size=arch.mlp_dim, patch_size=arch.patch_size, tubelet_size=arch.tubelet_size,
                   num_frames=arch.num_frames, image_size=arch.image_size, num_channels=arch.in_channels,
                   layer_norm_eps=arch.layer_norm_eps, qv_bias=True,
-                  use_mean_pooling=arch.use_mean_pooling and not arch.is_pretrain,
+                  # a backbone's use_mean_pooling says only whether it has a final layernorm
+                  use_mean_pooling=(not arch.final_norm if architecture == BACKBONE
+                                    else arch.use_mean_pooling and not arch.is_pretrain),
                   hidden_act="gelu", architectures=[architecture])
     if arch.is_pretrain:
         fields.update(decoder_hidden_size=arch.decoder_embed_dim, decoder_num_hidden_layers=arch.decoder_depth,

@@ -24,7 +24,7 @@ class TransformersReference(nn.Module):
         return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
     def encode(self, x, visible=None) -> list[torch.Tensor]:
-        """The backbone's last hidden state (after its layernorm), every token visible."""
+        """The backbone's last hidden state (after its layernorm, where it has one), every token visible."""
         return [self.backbone(self._pixels(x)).last_hidden_state]
 
     @property
