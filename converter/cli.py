@@ -146,6 +146,11 @@ def _refuse_what_does_not_apply(given: set[str], values: dict) -> None:
                                f"{'--synthetic' if values['synthetic'] else '--checkpoint'}")
 
 
+def _zoo_family(variant: str, dataset: str, stage: str) -> str:
+    """The family whose zoo entry a fetch means: v2 for a variant or dataset only V2 has."""
+    return "v2" if generation_for(variant, dataset, stage) == "v2" else DEFAULT_FAMILY
+
+
 def _flag(param: str) -> str:
     return "--" + param.rstrip("_").replace("_", "-")
 
@@ -303,7 +308,8 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_he
 
             registry = load_registry()
             entry = (entry_named(registry, registry_entry) if registry_entry
-                     else find_entry(registry, variant, dataset, stage, epochs, family or DEFAULT_FAMILY))
+                     else find_entry(registry, variant, dataset, stage, epochs, family or _zoo_family(variant, dataset,
+                                                                                                     stage)))
             progress(f"checkpoint: {entry.name} ({entry.source}); cache {entry.sha256 and 'verified' or 'unverified'}")
             if entry.source.type == "hf":
                 path = str(hub.fetch_entry(entry))
@@ -324,9 +330,10 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_he
 
         chosen = ((entry.variant if entry else variant).upper(), (entry.dataset if entry else dataset).lower(),
                   entry.stage if entry else stage)
-        family = family or (entry.family if entry else None)
+        file_family = family or (entry.family if entry else None)
         # a transformers folder states its own architecture: the test hook resizes official ones only
-        config = None if entry is not None and entry.source.type == "hf" else test_config(*chosen, num_classes, family)
+        config = (None if entry is not None and entry.source.type == "hf"
+                  else test_config(*chosen, num_classes, file_family))
         if config is not None:
             progress(f"test configuration from ${TEST_ARCH_ENV}: {config}")
         report = convert(
@@ -335,9 +342,9 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_he
             batch=batch, num_classes=num_classes, encoder_only=encoder_only, pooled=pooled, float64=float64,
             xla=xla, num_frames=num_frames, image_size=image_size, tflite=tflite,
             name=name or hub_name or (entry.artifact if entry and not encoder_only and not (num_frames or image_size)
-                                      else None) or (config and _test_name(config, *chosen, encoder_only, pooled, family,
+                                      else None) or (config and _test_name(config, *chosen, encoder_only, pooled, file_family,
                                                                                 remap_head)),
-            synthetic_dir=synthetic_dir, config_file=config_file, reference=reference, expect=expect, family=family,
+            synthetic_dir=synthetic_dir, config_file=config_file, reference=reference, expect=expect, family=file_family,
             remap_head=remap_head,
         )
         click.echo(summary(report))
@@ -359,7 +366,7 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_he
         entries = filter_entries(registry, variant=variant if explicit("variant") else None,
                                  dataset=dataset if explicit("dataset") else None,
                                  stage=stage if explicit("stage") else None, release_only=not include_extra,
-                                 family=family or DEFAULT_FAMILY)
+                                 family=family or DEFAULT_FAMILY)  # V2 and hub entries: --family v2 / hf
         if synthetic and family == "hf":
             raise VMAEError(f"--synthetic writes official-format weights; {family} entries convert their own "
                             "files: drop --synthetic or --family")

@@ -196,3 +196,88 @@ def test_cos_attention_file_is_refused_by_the_accounting(tmp_path):
     with pytest.raises(VMAEError, match=r"attn\.scale"):
         convert(config=TINY_V2_FT, checkpoint=str(path), family="v2", output_dir=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.weights.h5"))
+
+
+# ---------------------------------------------------------------------------------- the zoo
+
+def _v2_zoo_entries():
+    import yaml
+    from conftest import REPO
+
+    data = yaml.safe_load((REPO / "checkpoints.yaml").read_text())
+    return [e for e in data["checkpoints"] if e.get("family") == "v2"]
+
+
+def test_zoo_lists_the_five_open_v2_files():
+    from converter.registry import filter_entries, find_entry, load_registry
+
+    entries = filter_entries(load_registry(), family="v2")
+    assert {(e.variant, e.dataset, e.stage) for e in entries} == {
+        ("G", "hybrid", "pt"), ("G", "k710", "ft"), ("G", "ssv2", "ft"), ("S", "k710", "ft"), ("B", "k710", "ft")}
+    assert all(e.artifact.startswith("TFVideoMAE2_") for e in entries)
+    assert find_entry(load_registry(), "G", "ssv2", "ft", family="v2").artifact == "TFVideoMAE2_G_SSv2_16x224_FT"
+
+
+V2_BAD = [  # (field to set, value, field named in the error)
+    ("variant", "X", "variant"),
+    ("dataset", "k400", "dataset"),  # V2 pre-trained on UnlabeledHybrid only
+    ("decoder_depth", 12, "decoder_depth"),  # every V2 decoder is 4 deep
+    ("artifact", "TFVideoMAE_G_Hybrid_16x224_PT", "artifact"),  # a v1 name for a V2 file
+]
+
+
+@pytest.mark.parametrize("field, value, named", V2_BAD, ids=[b[0] for b in V2_BAD])
+def test_v2_entries_are_validated_against_the_v2_table(tmp_path, field, value, named):
+    import yaml
+
+    from converter.errors import RegistryError
+    from converter.registry import load_registry
+
+    entry = next(e for e in _v2_zoo_entries() if e["stage"] == "pt")
+    path = tmp_path / "reg.yaml"
+    path.write_text(yaml.safe_dump({"checkpoints": [entry]}, sort_keys=False))
+    assert load_registry(path)[0].variant == "G"  # valid as it is: each failure is the change's
+    path.write_text(yaml.safe_dump({"checkpoints": [{**entry, field: value}]}, sort_keys=False))
+    with pytest.raises(RegistryError, match=rf"'{entry['name']}', field '{named}'"):
+        load_registry(path)
+
+
+def test_g_is_not_an_official_variant(tmp_path):
+    import yaml
+
+    from converter.errors import RegistryError
+    from converter.registry import load_registry
+
+    entry = {k: v for k, v in next(e for e in _v2_zoo_entries() if e["stage"] == "pt").items() if k != "family"}
+    path = tmp_path / "reg.yaml"
+    path.write_text(yaml.safe_dump({"checkpoints": [entry]}, sort_keys=False))
+    with pytest.raises(RegistryError, match="unknown VideoMAE variant 'G'"):
+        load_registry(path)
+
+
+def test_all_family_v2_converts_the_v2_zoo(tmp_path):
+    """`vmae-convert --all --family v2 --synthetic`: ViT-g (patch 14) and the distilled ViT-S (patch 16),
+    both made tiny; their clips (112 pixels, 2 frames) are cut by 14 and by 16."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import REPO
+
+    keep = {"v2-g-hybrid-1200-pt", "v2-g-k710-1200-ft", "v2-s-k710-distilled-ft"}
+    entries = [e for e in _v2_zoo_entries() if e["name"] in keep]
+    (tmp_path / "reg.yaml").write_text(yaml.safe_dump({"checkpoints": entries}, sort_keys=False))
+    tiny = {**TINY_G_OVERRIDES, "image_size": 112, "num_frames": 2}
+    env = {**os.environ, "VMAE_REGISTRY": str(tmp_path / "reg.yaml"), "VMAE_TEST_ARCH_OVERRIDES": json.dumps(tiny)}
+    out = tmp_path / "release"
+    result = subprocess.run([sys.executable, "-m", "converter.cli", "--all", "--family", "v2", "--synthetic",
+                             "--no-xla", "--no-float64", "--jobs", "2", "--output-dir", str(out)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "converted 3, skipped (already done) 0, failed 0" in result.stdout
+    for name, patch in (("TFVideoMAE2_G_Hybrid_16x224_PT", 14), ("TFVideoMAE2_G_K710_16x224_FT", 14),
+                        ("TFVideoMAE2_S_K710_16x224_FT", 16)):
+        report = json.loads((out / f"{name}.parity.json").read_text())
+        assert report["passed"] and report["family"] == "v2" and report["config"]["patch_size"] == patch
+    assert len(json.loads((out / "TFVideoMAE2_G_K710_16x224_FT.parity.json").read_text())["labels"]) == 710
