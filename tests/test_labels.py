@@ -7,7 +7,8 @@ import pytest
 from tf_models import labels
 
 
-@pytest.mark.parametrize("dataset, count", [("k400", 400), ("ssv2", 174), ("ucf101", 101), ("k710", 710)])
+@pytest.mark.parametrize("dataset, count", [("k400", 400), ("ssv2", 174), ("ucf101", 101), ("k710", 710),
+                                            ("k600", 600), ("k700", 700)])
 def test_counts_and_uniqueness(dataset, count):
     names = labels.load(dataset)
     assert len(names) == count
@@ -56,6 +57,27 @@ def test_k710_order_agrees_with_videomae_v2_index_map():
     for i400, i710 in enumerate(K400_TO_K710):
         assert k710[i710] == RENAMED.get(i400, k400[i400])
     assert k710[:3] == ["riding a bike", "marching", "dodgeball"]
+
+
+def test_shipped_k400_remap_is_the_typed_upstream_list():
+    """--remap-head k400 reads tf_models/labels/k710_to_k400.json: the list typed above, verbatim."""
+    assert labels.k710_index("k400") == K400_TO_K710
+
+
+@pytest.mark.parametrize("target, count", [("k600", 600), ("k700", 700)])
+def test_k600_k700_remaps_name_the_same_classes_as_k710(target, count):
+    """Each row a remap keeps is the K710 class of the same name: a shifted list or a shifted name
+    file would pair other classes."""
+    index, names, k710 = labels.k710_index(target), labels.load(target), labels.load("k710")
+    assert len(index) == count == len(set(index))
+    assert [k710[i] for i in index] == names
+    if target == "k600":  # spot check, label_map_k600.txt's first lines (not alphabetical)
+        assert names[:3] == ["feeding fish", "cosplaying", "playing laser tag"]
+
+
+def test_unknown_remap_target_is_refused():
+    with pytest.raises(ValueError, match="no K710 remap to 'ssv2'"):
+        labels.k710_index("ssv2")
 
 
 # From the labels.json index mapping of Something-Something v2 (templates with brackets).
