@@ -367,9 +367,6 @@ def main(ctx, variant, dataset, stage, checkpoint, config_file, family, remap_he
                                  dataset=dataset if explicit("dataset") else None,
                                  stage=stage if explicit("stage") else None, release_only=not include_extra,
                                  family=family or DEFAULT_FAMILY)  # V2 and hub entries: --family v2 / hf
-        if synthetic and family == "hf":
-            raise VMAEError(f"--synthetic writes official-format weights; {family} entries convert their own "
-                            "files: drop --synthetic or --family")
         if shard:
             entries = take_shard(entries, shard)
         if not entries:

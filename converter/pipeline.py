@@ -446,6 +446,11 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
         # float64 from the float32 weights (exact), each cast where it is used: no float64 copy.
         with phases("pytorch forward float64"), pt_float64(reference):
             pt64_stages = reference_fn(video, mask, "float64")
+    # The PyTorch side is done (its outputs and hidden states are kept). The reference holds the
+    # checkpoint's tensors: once it is gone, mapping moves each tensor into the Keras model
+    # instead of copying it, so the two never hold all the weights at once.
+    del reference, reference_fn
+    _release()
 
     with phases("import tensorflow"):
         torch, tf, _ = frameworks.load()
@@ -454,10 +459,13 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
     rules = family.rules(cfg, opts.encoder_only, details.get("architecture"))
     dropped = family.dropped(tensors, opts.encoder_only)
     mapped = {k: v for k, v in tensors.items() if k not in set(dropped)}
+    del tensors
+    loaded.tensors = {}  # `mapped` is now the only holder: each tensor is freed once assigned
     with phases("build keras model"):
         model = _build(cfg, opts)
     with phases("map weights"):
-        assignments = load_into(model, mapped, rules)
+        assignments = load_into(model, mapped, rules, consume=True)
+        del mapped
 
     checks: dict[str, dict] = {}
     staged = hidden_state_model(model, with_output=True) if len(pt_stages) > 1 else model
@@ -470,11 +478,7 @@ def convert(progress: Callable[[str], None] | None = None, check: bool = False, 
         localisation = locate(pt_stages[:-1], tf_stages[:-1])
         checks["tf_vs_pt"]["detail"] = describe_localisation(localisation)
 
-    # The Keras model holds the weights now. Freeing the checkpoint (its mapped pages too) and
-    # the reference (which holds the same tensors) keeps at most two copies of the weights alive.
-    del reference, reference_fn, tensors, mapped
-    loaded.tensors = {}
-    _release()
+    _release()  # the keras forward's activations
     if opts.float64:
         # The same model, its layers computing in float64 for the block: no second model to build,
         # no second copy of the weights.
@@ -560,13 +564,24 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
     h5, keras_file, folder, zipped = f"{name}.weights.h5", f"{name}.keras", name, f"{name}.zip"
     tflite = f"{name}.tflite" if opts.tflite else None
     with Staging(out_dir, name) as st:
+        # Every file is written from the one model first; then the model goes, and each file is
+        # loaded back alone: never two copies of the weights (ViT-g: 4 GB each) at once.
         with phases("save weights.h5"), _writing(out_dir / h5, tf):
             save_weights_h5(model, st.path(h5))
+            written = weights_fingerprint(model)
+        with phases("save .keras"), _writing(out_dir / keras_file, tf):
+            model.save(st.path(keras_file))
+        if tflite:
+            _export_and_check_tflite(model, st.path(tflite), out_dir / tflite, video, mask, pt_out, checks, opts,
+                                     phases, tf)
+        with phases("export savedmodel"), _writing(out_dir / folder, tf):
+            export_saved_model(model, st.path(folder))
+            del model
+            _release()  # the model and the export's traced graph: the files are all that is checked now
         with phases("reload weights.h5"):
             fresh = _build(cfg, opts)
             fresh.load_weights(st.path(h5))
-            same = all(np.array_equal(a.numpy(), b.numpy()) and a.path == b.path
-                       for a, b in zip(model.weights, fresh.weights)) and len(model.weights) == len(fresh.weights)
+            same = weights_fingerprint(fresh) == written
         with phases("weights.h5 forward"):
             again = _keras_forward(fresh, video, mask)
             checks["weights_h5"] = {**compare(again, pt_out, opts.rtol, opts.atol),
@@ -575,23 +590,15 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
             checks["weights_h5"]["passed"] &= same and checks["weights_h5"]["predictions_identical"]
             del fresh
             _release()
-        with phases("save .keras"), _writing(out_dir / keras_file, tf):
-            model.save(st.path(keras_file))
         with phases("reload .keras"):
             import keras
 
-            reloaded = keras.saving.load_model(st.path(keras_file))  # the layers registered on import tf_models
+            with _weights_read_from_disk(cfg):  # the layers registered on import tf_models
+                reloaded = keras.saving.load_model(st.path(keras_file))
         with phases(".keras forward"):
             checks["keras"] = compare(_keras_forward(reloaded, video, mask), pt_out, opts.rtol, opts.atol)
             del reloaded
             _release()
-        if tflite:
-            _export_and_check_tflite(model, st.path(tflite), out_dir / tflite, video, mask, pt_out, checks, opts,
-                                     phases, tf)
-        with phases("export savedmodel"), _writing(out_dir / folder, tf):
-            export_saved_model(model, st.path(folder))
-            del model
-            _release()  # the model and the export's traced graph: the files are all that is checked now
         with phases("reload savedmodel"):
             loaded = tf.saved_model.load(str(st.path(folder)))
         with phases("savedmodel forward"):
@@ -623,6 +630,44 @@ def _export_and_verify(handed_over, cfg, opts, name, out_dir, video, mask, tf_ou
         with interrupts.held():
             st.publish([*files, report_file], stale=[out_dir / report_file, out_dir / f"{name}.failed.parity.json"])
     return report
+
+
+def weights_fingerprint(model) -> list[tuple[str, str, tuple, str]]:
+    """(path, dtype, shape, sha256 of the bytes) of every weight, in order: compares a reloaded
+    model with the one that was saved after that one is gone."""
+    import hashlib
+
+    out = []
+    for w in model.weights:
+        value = np.ascontiguousarray(w.numpy())
+        out.append((w.path, str(value.dtype), value.shape, hashlib.sha256(value.data).hexdigest()))
+    return out
+
+
+# Past this many bytes of weights, a .keras check reload reads them from disk (see below).
+KERAS_IN_MEMORY_LIMIT = 2**30
+
+
+@contextlib.contextmanager
+def _weights_read_from_disk(cfg: ArchConfig):
+    """keras.saving.load_model reads a .keras archive's weights file into memory (a second copy
+    of all the weights) whenever half the free RAM would hold it; its other path extracts that
+    file beside the archive and reads it from disk. For models past 1 GiB the check reload takes
+    that path: the same loader and file, one copy of the weights less (ViT-g: 4 GB)."""
+    try:
+        from keras.src.saving import saving_lib
+    except ImportError:  # another Keras layout: its default path, whatever it costs
+        saving_lib = None
+    if saving_lib is None or not hasattr(saving_lib, "is_memory_sufficient") or \
+            cfg.num_params * 4 <= KERAS_IN_MEMORY_LIMIT:
+        yield
+        return
+    original = saving_lib.is_memory_sufficient
+    saving_lib.is_memory_sufficient = lambda model: False
+    try:
+        yield
+    finally:
+        saving_lib.is_memory_sufficient = original
 
 
 def _export_and_check_tflite(model, staged: Path, final: Path, video, mask, pt_out, checks, opts, phases, tf):

@@ -56,10 +56,11 @@ REFUSED = {
     "epochs with synthetic": (["--synthetic", "--epochs", "800"], "--epochs picks an official file to fetch"),
     "list with variant": (["--list", "--variant", "B"], "--list takes no other option (got --output-dir, --variant)"),
     "all with checkpoint": (["--all", "--checkpoint", "{tmp}/x.pth"], "--all converts the zoo entries as they are"),
-    "family with checkpoint": (["--family", "hf", "--checkpoint", "{tmp}/x.pth"],
-                               "--family picks zoo entries (--list, --all, or the checkpoint to fetch); it does "
-                               "not apply with --checkpoint"),
-    "family with synthetic": (["--family", "official", "--synthetic"], "it does not apply with --synthetic"),
+    "hf family with synthetic": (["--family", "hf", "--synthetic"],
+                                 "--synthetic writes .pth checkpoints (official or v2 keys), not transformers folders"),
+    "family with registry entry": (["--family", "v2", "--registry-entry", "v2-g-k710-1200-ft"],
+                                   "--registry-entry names one zoo entry, family included: drop --family"),
+    "remap-head with all": (["--all", "--remap-head", "k400"], "--all converts the zoo entries as they are"),
     "unknown family": (["--list", "--family", "v9"], "Invalid value for '--family'"),
 }
 

@@ -33,14 +33,14 @@ def test_list_shows_the_hub_entries():
     everything = run_cli("--list")
     assert everything.returncode == 0, everything.stderr
     families = {line.split()[0]: line.split()[1] for line in everything.stdout.strip().splitlines()[2:]}
-    assert families[ENTRY] == "hf" and families["k400-b-1600-ft"] == "official" and len(families) == 31
+    assert families[ENTRY] == "hf" and families["k400-b-1600-ft"] == "official" and len(families) == 36  # 18 official, 13 hf, 5 v2
 
 
 def test_synthetic_hub_batch_is_one_error_line(tmp_path):
     result = run_cli("--all", "--synthetic", "--family", "hf", "--output-dir", tmp_path / "out")
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: --synthetic writes official-format weights; hf entries convert their "
-                                     "own files: drop --synthetic or --family")
+    assert result.stderr.strip() == ("error: --synthetic writes .pth checkpoints (official or v2 keys), not "
+                                     "transformers folders: drop --synthetic or use --family official/v2 (see --help)")
     assert not (tmp_path / "out").exists()
 
 

@@ -91,7 +91,8 @@ def entries():
 
 def test_real_registry_has_every_official_checkpoint(entries):
     official = [e for e in entries if e.family == "official"]
-    assert len(official) == 18 and len(entries) == 18 + len(HUB)
+    v2 = [e for e in entries if e.family == "v2"]  # tests/test_v2.py checks them
+    assert len(official) == 18 and len(entries) == 18 + len(HUB) + len(v2) and len(v2) == 5
     got = {(e.dataset, e.variant, e.epochs, e.stage, e.source.type, e.source.id) for e in official}
     assert got == {(d, v, ep, s, "gdrive", fid) for d, v, ep, s, fid, _, _ in OFFICIAL}
 
@@ -383,7 +384,7 @@ def test_find_entry_errors(entries):
     with pytest.raises(RegistryError, match="unknown variant 'X'"):
         find_entry(entries, "X", "k400", "ft")
     with pytest.raises(RegistryError, match="unknown dataset"):
-        find_entry(entries, "B", "hmdb51", "ft")
+        find_entry(entries, "B", "imagenet", "ft")
 
 
 def test_filter_entries(entries):

@@ -281,3 +281,62 @@ def test_all_family_v2_converts_the_v2_zoo(tmp_path):
         report = json.loads((out / f"{name}.parity.json").read_text())
         assert report["passed"] and report["family"] == "v2" and report["config"]["patch_size"] == patch
     assert len(json.loads((out / "TFVideoMAE2_G_K710_16x224_FT.parity.json").read_text())["labels"]) == 710
+
+
+# ------------------------------------------------------------------- memory: one copy at a time
+
+def test_mapping_can_move_the_tensors_into_the_model():
+    from converter.checkpoint import unwrap
+    from converter.engine import load_into
+    from converter.videomae_rules import rules_for
+    from tf_models import build_model
+
+    tensors = unwrap({"model": synthetic_state_dict(TINY_V2_FT, 0)}).tensors
+    kept = {k: v.copy() for k, v in tensors.items()}
+    model = build_model(TINY_V2_FT)
+    assignments = load_into(model, tensors, rules_for("ft"), consume=True)
+    assert tensors == {} and len(assignments) == len(kept)
+    reference = build_model(TINY_V2_FT)
+    load_into(reference, kept, rules_for("ft"))
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.weights, reference.weights))
+
+
+def test_large_model_check_reload_reads_the_keras_weights_from_disk(tmp_path, monkeypatch):
+    """Past KERAS_IN_MEMORY_LIMIT the .keras gate reloads through Keras's extract-to-disk path (no
+    in-memory copy of the weights file); the gate still passes, and Keras's own check is restored."""
+    import zipfile
+
+    from keras.src.saving import saving_lib
+
+    from converter import pipeline
+
+    extracted = []
+    real_extract = zipfile.ZipFile.extract
+    monkeypatch.setattr(zipfile.ZipFile, "extract",
+                        lambda self, member, *a, **k: extracted.append(member) or real_extract(self, member, *a, **k))
+    monkeypatch.setattr(pipeline, "KERAS_IN_MEMORY_LIMIT", 0)
+    original = saving_lib.is_memory_sufficient
+    report = convert(config=TINY_V2_FT, synthetic=True, family="v2", output_dir=str(tmp_path), name="disk", xla=False,
+                     float64=False)
+    assert report["checks"]["keras"]["passed"] and report["checks"]["weights_h5"]["weights_identical"]
+    assert extracted == ["model.weights.h5"]
+    assert saving_lib.is_memory_sufficient is original
+
+
+def test_a_reload_that_changes_one_weight_fails_the_weights_h5_gate(tmp_path, monkeypatch):
+    """The saved model is gone when its .weights.h5 is reloaded: the fingerprint taken at saving
+    time must still see one changed value (a value far inside the 1e-5 output gate)."""
+    import keras
+
+    real_load = keras.Model.load_weights
+
+    def load_and_nudge(self, *args, **kwargs):
+        real_load(self, *args, **kwargs)
+        w = self.weights[3]
+        w.assign(w.numpy() + np.float32(1e-7) * (np.arange(w.numpy().size).reshape(w.shape) == 0))
+
+    monkeypatch.setattr(keras.Model, "load_weights", load_and_nudge)
+    report = convert(config=TINY_V2_FT, synthetic=True, family="v2", output_dir=str(tmp_path), name="nudged",
+                     xla=False, float64=False)
+    assert not report["passed"] and not report["checks"]["weights_h5"]["weights_identical"]
+    assert not (tmp_path / "nudged.weights.h5").exists()  # nothing published
