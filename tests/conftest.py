@@ -121,10 +121,10 @@ def swap_qv_biases(monkeypatch, block: int = 1, prefix: str = "blocks") -> None:
 
     real = engine.load_into
 
-    def corrupt(model, tensors, rules):
+    def corrupt(model, tensors, rules, **options):
         tensors = dict(tensors)
         q, v = f"{prefix}.{block}.attn.q_bias", f"{prefix}.{block}.attn.v_bias"
         tensors[q], tensors[v] = tensors[v], tensors[q]
-        return real(model, tensors, rules)
+        return real(model, tensors, rules, **options)
 
     monkeypatch.setattr("converter.pipeline.load_into", corrupt)

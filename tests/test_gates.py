@@ -145,10 +145,10 @@ def test_pipeline_report_names_a_middle_block(tmp_path, monkeypatch):
 
     real = pipeline.load_into
 
-    def corrupt(model, tensors, rules):
+    def corrupt(model, tensors, rules, **options):
         tensors = dict(tensors)
         _swap_q_v_bias("blocks.3")(tensors)
-        return real(model, tensors, rules)
+        return real(model, tensors, rules, **options)
 
     monkeypatch.setattr(pipeline, "load_into", corrupt)
     report = convert(config=DEEP_FT, synthetic=True, output_dir=tmp_path, name="deep", xla=False)
@@ -240,10 +240,10 @@ def test_a_real_mapping_error_is_never_called_rounding(tmp_path, monkeypatch):
 
     real = pipeline.load_into
 
-    def corrupt(model, tensors, rules):
+    def corrupt(model, tensors, rules, **options):
         tensors = dict(tensors)
         tensors["head.bias"] = tensors["head.bias"] + 1.0  # in the head: no hidden state diverges
-        return real(model, tensors, rules)
+        return real(model, tensors, rules, **options)
 
     monkeypatch.setattr(pipeline, "load_into", corrupt)
     report = convert(config=TINY_FT, synthetic=True, output_dir=tmp_path, name="t", xla=False)
