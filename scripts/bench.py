@@ -272,15 +272,20 @@ _LINE = re.compile(r"^\[\s*[\d.]+s\] (.+?) (\.\.\.|done in [\d.]+s)$")
 
 
 def conversion_spec(spec: str) -> tuple[str, list[str], object]:
-    """'S' (VideoMAE ViT-S, K400) or 'v2:S' / 'G' (VideoMAE V2, K710 head as released): the
-    label, the vmae-convert arguments and the architecture."""
-    generation, _, variant = spec.strip().rpartition(":")
-    variant = variant.upper()
-    generation = generation.lower() or ("v2" if variant == "G" else "v1")
+    """'S' (VideoMAE ViT-S, K400 fine-tuned), 'v2:S' / 'G' (VideoMAE V2, the K710 head as released,
+    float16), a ':pt' suffix for the pre-trained model (V2: UnlabeledHybrid): the label, the
+    vmae-convert arguments and the architecture."""
+    parts = [p.strip() for p in spec.split(":")]
+    stage = parts.pop().lower() if parts[-1].lower() in ("ft", "pt") else "ft"
+    variant = parts.pop().upper()
+    generation = parts[0].lower() if parts else ("v2" if variant == "G" else "v1")
+    suffix = " PT" if stage == "pt" else ""
     if generation == "v2":
-        return f"V2 ViT-{variant}", ["--variant", variant, "--family", "v2", "--dataset", "k710"], \
-            arch_config(variant, "k710", "ft", "v2")
-    return f"ViT-{variant}", ["--variant", variant], arch_config(variant)
+        dataset = "hybrid" if stage == "pt" else "k710"
+        return (f"V2 ViT-{variant}{suffix}",
+                ["--variant", variant, "--family", "v2", "--dataset", dataset, "--stage", stage],
+                arch_config(variant, dataset, stage, "v2"))
+    return f"ViT-{variant}{suffix}", ["--variant", variant, "--stage", stage], arch_config(variant, "k400", stage)
 
 
 def parameter_bytes(variant: str) -> int:
@@ -432,7 +437,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", default="S,B", help="latency: comma-separated variants ('' for none)")
     ap.add_argument("--convert-variants", default="S,B,L,H",
-                    help="conversion: comma-separated variants; v2:S, v2:B, G for VideoMAE V2 (K710 heads, float16)")
+                    help="conversion: comma-separated variants; v2:S, v2:B, G for VideoMAE V2 (K710 heads, "
+                         "float16); a :pt suffix for the pre-trained model (G:pt)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per latency path")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls per latency path (the first traces)")
     ap.add_argument("--pause", type=float, default=0.2, help="seconds of rest before each timed call")

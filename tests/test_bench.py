@@ -77,3 +77,16 @@ def test_bench_refuses_what_gives_no_figure_before_any_work(argv, says, tmp_path
     assert info.value.code == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+# Parameter counts of the released VideoMAE V2 files (shared/videomae-v2-and-hf-notes.md, section 4,
+# checked there against the file sizes): distilled ViT-S with its 710-class head, ViT-g pre-trained.
+@pytest.mark.parametrize("spec, label, args, params", [
+    ("v2:S", "V2 ViT-S", ["--family", "v2", "--dataset", "k710", "--stage", "ft"], 22_153_286),
+    ("G:pt", "V2 ViT-G PT", ["--family", "v2", "--dataset", "hybrid", "--stage", "pt"], 1_026_306_560),
+    ("B", "ViT-B", ["--stage", "ft"], None),
+])
+def test_conversion_specs_name_the_released_models(spec, label, args, params):
+    got_label, got_args, cfg = bench.conversion_spec(spec)
+    assert got_label == label and set(args) <= set(got_args)
+    assert params is None or cfg.num_params == params
