@@ -340,3 +340,16 @@ def test_a_reload_that_changes_one_weight_fails_the_weights_h5_gate(tmp_path, mo
                      xla=False, float64=False)
     assert not report["passed"] and not report["checks"]["weights_h5"]["weights_identical"]
     assert not (tmp_path / "nudged.weights.h5").exists()  # nothing published
+
+
+def test_batch_memory_estimate_reads_vit_g_from_the_v2_table():
+    """`--all --jobs` plans memory by the entry's own table: G's 1.03 G parameters, not a v1 model."""
+    from converter.batch import FRAMEWORK_BASELINE, estimated_peak_bytes
+    from converter.registry import find_entry, load_registry
+
+    entries = load_registry()
+    g_pt = find_entry(entries, "G", "hybrid", "pt", family="v2")
+    weights = 4 * 1_026_306_560  # vit_g_hybrid_pt_1200e.pth holds 4,105,433,973 bytes
+    assert estimated_peak_bytes(g_pt, float64=True) >= 3 * weights + FRAMEWORK_BASELINE
+    b_v2 = find_entry(entries, "B", "k710", "ft", family="v2")
+    assert estimated_peak_bytes(b_v2, float64=True) < 0.1 * estimated_peak_bytes(g_pt, float64=True)
