@@ -472,7 +472,7 @@ def main(argv=None) -> int:
     # memory until then, and latency's models do not sit in RAM while a ViT-H converts.
     if not args.skip_convert:
         for v in filter(None, args.convert_variants.split(",")):
-            print(f"converting ViT-{v} ...", file=sys.stderr, flush=True)
+            print(f"converting {conversion_spec(v)[0]} ...", file=sys.stderr, flush=True)
             c = conversion(v.strip(), out, args.convert_args.split(), args.rss_limit_gib * GIB)
             result["conversion"].append(c)
             print(f"  {c['wall_s']:.1f}s, peak {c['peak_rss_gib']:.2f} GiB (target {c['target_rss_gib']:.2f}), "
