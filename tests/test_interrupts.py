@@ -232,6 +232,9 @@ def test_an_interrupt_a_finaliser_swallows_stops_the_run_at_the_next_phase(capsy
 
 
 def test_a_signal_during_the_publish_lets_it_finish_with_its_report(capsys, tmp_path, monkeypatch):
+    # A suite started in the background (`cmd &`) inherits SIGINT ignored, and the run rightly keeps
+    # it ignored: this test is about a SIGINT that arrives, so it gives the process Python's default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     ckpt = write_synthetic_checkpoint(TINY_FT, tmp_path / "tiny.pth", seed=3)
     out = tmp_path / "out"
     real_replace, moves = os.replace, []
@@ -266,6 +269,8 @@ def test_a_signal_during_the_publish_lets_it_finish_with_its_report(capsys, tmp_
             pass
     except KeyboardInterrupt:
         pytest.fail("the signal belonged to the run that ended, yet it stopped a later one")
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_what_tensorflow_says_of_a_trace_cut_short_does_not_follow_the_one_line(capfd):
