@@ -35,7 +35,7 @@ from .parity import (compare, describe_localisation, keras_inputs, keras_stages,
                      reference_stages, run_reference)
 from .clip_shape import adapt_tensors, with_clip_shape
 from .variants import (ArchConfig, arch_config, artifact_name, file_generation, generation_for, get_dataset,
-                       get_generation, get_variant)
+                       get_generation)
 
 GATES = ("tf_vs_pt", "weights_h5", "keras", "saved_model", "saved_model_xla", "saved_model_uint8", "tflite")
 # tf_models.export's TFLITE_LIMIT_BYTES, here without importing keras before torch has loaded.
@@ -218,9 +218,7 @@ def _validate(opts: ConvertOptions) -> None:
     if opts.family is not None and opts.family not in families.FAMILIES:
         raise VMAEError(f"unknown --family {opts.family!r}; expected one of {', '.join(families.FAMILIES)}")
     if opts.config is None:
-        try:
-            get_variant(opts.variant, _generation(opts))
-            get_dataset(opts.dataset)
+        try:  # the variant, then the dataset, then whether this generation has that pair
             arch_config(opts.variant, opts.dataset, opts.stage, _generation(opts))
         except ValueError as err:
             raise VMAEError(str(err)) from None

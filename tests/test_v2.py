@@ -92,7 +92,6 @@ def test_a_v2_vit_h_given_as_v1_is_converted_as_v2():
 def test_a_v1_vit_h_given_as_v2_is_converted_as_v1_and_an_explicit_wrong_family_is_refused():
     tensors = _shapes_only(arch_config("H", "k400", "pt", "v1"))
     opts, notes = ConvertOptions(variant="H", dataset="k400", stage="pt", checkpoint="x.pth"), []
-    opts.family = None
     _follow_file_generation(opts, tensors, notes)  # v1 asked, v1 found: nothing to do
     assert opts.family is None and notes == []
     explicit = ConvertOptions(variant="H", dataset="hybrid", stage="pt", checkpoint="x.pth", family="v2")
