@@ -125,6 +125,40 @@ def test_interpolation_keeps_each_temporal_slice_apart_as_the_official_reshape_d
     assert np.all(np.diff(up, axis=1) >= -1e-6) and np.allclose(up[:, 0], up[0, 0])
 
 
+def _bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+    """[n_out, n_in] weights of a 1-D bicubic resize as torch's interpolate(mode="bicubic",
+    align_corners=False) defines it: source point (i + 0.5) * n_in / n_out - 0.5, Keys' cubic
+    kernel with a = -0.75 on its four neighbours, neighbours past the edge clamped to it."""
+    def kernel(x):
+        x = abs(x)
+        return ((a + 2) * x**3 - (a + 3) * x**2 + 1 if x <= 1
+                else a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a if x < 2 else 0.0)
+
+    weights = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        src = (i + 0.5) * n_in / n_out - 0.5
+        left = int(np.floor(src))
+        for j in range(left - 1, left + 3):
+            weights[i, min(max(j, 0), n_in - 1)] += kernel(src - j)
+    return weights
+
+
+@pytest.mark.parametrize("old,new", [(14, 10), (4, 7)])  # 224 -> 160 as in the README; and upward
+def test_interpolation_is_the_official_bicubic_over_each_frame_pair(old, new):
+    # The official fine-tuning script (run_class_finetuning.py, main(), "interpolate position
+    # embedding") resizes each temporal slice with torch.nn.functional.interpolate, bicubic,
+    # align_corners=False. The expected table is that resize written out in numpy, so another mode,
+    # align_corners=True or a slice order mixed up fails here, where parity cannot see it (both
+    # frameworks get the same interpolated table).
+    temporal, dim = 3, 5
+    table = np.random.default_rng(0).standard_normal((1, temporal * old * old, dim)).astype(np.float32)
+    got = interpolate_pos_embed(table, temporal, new)
+    rows = _bicubic_matrix(old, new)
+    grid = table[0].reshape(temporal, old, old, dim).astype(np.float64)
+    expected = np.einsum("ia,jb,tabd->tijd", rows, rows, grid).reshape(1, temporal * new * new, dim)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("frames,size,message", [
     (7, None, "7 frames cannot be cut into tubelets of 2"),
     (None, 100, "image size 100 cannot be cut into 16x16 patches"),
