@@ -66,6 +66,25 @@ def test_tflite_artifact_is_gated_and_runs_in_litert(tmp_path):
     video, mask = make_video(TINY_PT, 1, 7), tube_mask(TINY_PT, 1, 7)
     got = run_tflite(tmp_path / "tiny.tflite", video=video.transpose(0, 2, 3, 4, 1).copy(), mask=mask)
     np.testing.assert_allclose(got, run_reference(reference, video, mask), rtol=1e-5, atol=1e-5)
+    # What the README says runs where: builtin ops only (a Flex op is a CUSTOM op named Flex...),
+    # and the erf GELU kept exact as LiteRT's builtin GELU, not its tanh approximation.
+    ops_used = _tflite_ops(tmp_path / "tiny.tflite")
+    assert "CUSTOM" not in ops_used and ops_used["GELU"] == [False] * TINY_PT.depth + [False] * TINY_PT.decoder_depth
+
+
+def _tflite_ops(path) -> dict:
+    """Builtin op name -> list of its `approximate` options (GELU) or Nones, read from the flatbuffer."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(path.read_bytes(), 0))
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    found: dict = {}
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+            found.setdefault(name, []).append(getattr(op.builtinOptions, "approximate", None))
+    return found
 
 
 def test_tflite_past_the_flatbuffer_limit_is_refused_before_any_work(tmp_path):

@@ -67,7 +67,7 @@ def export_saved_model(model: keras.Model, path, dataset=None, labels=None, batc
 
 def tflite_bytes(model: keras.Model) -> bytes:
     """A LiteRT flatbuffer of the model at batch 1, from its SavedModel, builtin ops only (no
-    Flex delegate needed: LiteRT has ERF, so GELU stays exact). A masked autoencoder's mask
+    Flex delegate needed: the erf GELU becomes LiteRT's builtin GELU, approximate=False). A masked autoencoder's mask
     count is not checked inside: LiteRT has no assert op.
 
     Raises TFLiteTooLarge before converting when the float32 weights alone pass 2 GiB."""
