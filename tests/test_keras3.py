@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import NATIVE_NOISE, NOISY_TENSORFLOW, REPO, TINY_FT, TINY_FT_OPTIONAL, TINY_PT
+from conftest import NATIVE_NOISE, NOISY_TENSORFLOW, REPO, TINY_FT, TINY_FT_OPTIONAL, TINY_PT, run_cli
 
 from converter.clip_shape import interpolate_pos_embed
 from converter.errors import VMAEError
@@ -91,6 +91,44 @@ def test_tflite_past_the_flatbuffer_limit_is_refused_before_any_work(tmp_path):
     with pytest.raises(VMAEError, match="past the 2 GiB limit of a LiteRT flatbuffer; convert without --tflite"):
         convert(variant="H", synthetic=True, tflite=True, output_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tflite_limit_is_the_flatbuffer_s_and_refuses_h_but_not_l():
+    # A flatbuffer's 32-bit offsets stop at 2 GiB: ViT-L's float32 weights (1.1 GiB) fit, ViT-H's
+    # (2.35 GiB) do not. A limit set lower would refuse a file LiteRT can hold; higher, send ViT-H
+    # into a converter traceback after an hour's work.
+    from converter import pipeline
+    from converter.variants import arch_config
+    from tf_models import export
+
+    assert pipeline.TFLITE_LIMIT_BYTES == export.TFLITE_LIMIT_BYTES == 2**31
+    pipeline._validate(pipeline.ConvertOptions(variant="L", synthetic=True, tflite=True))
+    with pytest.raises(VMAEError, match="convert without --tflite"):
+        pipeline._validate(pipeline.ConvertOptions(variant="H", synthetic=True, tflite=True))
+    assert arch_config("H", "k400", "ft").num_params * 4 >= 2**31 > arch_config("L", "k400", "ft").num_params * 4
+
+
+def test_tflite_export_outside_the_converter_refuses_past_the_limit(monkeypatch):
+    # tf_models.export is also used without the converter's early check: its own refusal comes
+    # before the SavedModel is written and the converter started.
+    import tf_models
+    from tf_models import export
+
+    model = tf_models.build_model(TINY_FT)
+    weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
+    monkeypatch.setattr(export, "TFLITE_LIMIT_BYTES", weight_bytes)
+    monkeypatch.setattr(export, "export_saved_model", lambda *a, **k: pytest.fail("exported past the limit"))
+    with pytest.raises(export.TFLiteTooLarge, match="past the 2 GiB limit of a LiteRT flatbuffer"):
+        export.tflite_bytes(model)
+
+
+def test_tflite_past_the_limit_is_one_error_line_at_the_cli(tmp_path):
+    run = run_cli("--variant", "H", "--synthetic", "--tflite", "--output-dir", tmp_path / "out", timeout=300)
+    assert run.returncode == 2
+    assert run.stderr == ("error: --tflite: this model's float32 weights take 2.35 GiB, past the 2 GiB limit of a "
+                          "LiteRT flatbuffer; convert without --tflite (the SavedModel, .keras and .weights.h5 have "
+                          "no such limit)\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_saved_model_refuses_a_mask_of_the_wrong_count(tmp_path):
