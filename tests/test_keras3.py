@@ -219,6 +219,8 @@ def test_interpolation_is_the_official_bicubic_over_each_frame_pair(old, new):
 @pytest.mark.parametrize("frames,size,message", [
     (7, None, "7 frames cannot be cut into tubelets of 2"),
     (None, 100, "image size 100 cannot be cut into 16x16 patches"),
+    (0, None, "0 frames cannot be cut into tubelets of 2: use a positive multiple of 2"),
+    (None, -16, "image size -16 cannot be cut into 16x16 patches: use a positive multiple of 16"),
 ])
 def test_clip_shapes_that_do_not_tile_are_refused_in_one_line(tmp_path, frames, size, message):
     with pytest.raises(VMAEError, match=message):

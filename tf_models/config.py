@@ -60,10 +60,10 @@ class ArchConfig:
         """Why this clip shape cannot be cut into tubelets, or None."""
         if self.num_frames < self.tubelet_size or self.num_frames % self.tubelet_size:
             return (f"{self.num_frames} frames cannot be cut into tubelets of {self.tubelet_size}: "
-                    f"use a multiple of {self.tubelet_size}")
+                    f"use a positive multiple of {self.tubelet_size}")
         if self.image_size < self.patch_size or self.image_size % self.patch_size:
             return (f"image size {self.image_size} cannot be cut into {self.patch_size}x{self.patch_size} patches: "
-                    f"use a multiple of {self.patch_size}")
+                    f"use a positive multiple of {self.patch_size}")
         return None
 
     @property
