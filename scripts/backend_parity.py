@@ -33,6 +33,8 @@ def worker(prefix: str, parity_npz: str, config_json: str) -> dict:
     backend = keras.backend.backend()
     allowed = {"torch"} if backend == "torch" else {"tensorflow"} if backend == "tensorflow" else set()
     loaded = sorted(m for m in heavy - allowed if m in sys.modules)
+    if Path(tf_models.__file__).resolve().parents[1] != REPO:
+        raise SystemExit(f"the worker imported {tf_models.__file__}, not this checkout's tf_models")
     data = np.load(parity_npz)
     inputs = [data["video"], data["mask"]] if "mask" in data else data["video"]
     built = tf_models.build_model(tf_models.ArchConfig(**json.loads(config_json)))
@@ -47,7 +49,10 @@ def worker(prefix: str, parity_npz: str, config_json: str) -> dict:
 
 
 def run_worker(backend: str, prefix, parity_npz, cfg_dict: dict, timeout: int = 1200) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # The script's own folder heads sys.path, not the repository: without PYTHONPATH the worker
+    # would import whichever tf_models is installed (another checkout's, with an editable install).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
     result = subprocess.run([sys.executable, __file__, "--worker", str(prefix), str(parity_npz), json.dumps(cfg_dict)],
                             capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     if result.returncode != 0:
