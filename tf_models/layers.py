@@ -149,7 +149,7 @@ class Attention(layers.Layer):
     def _head(self, q, k, v):
         """softmax(q * scale @ k^T) @ v for one head, [B, N, head_dim]."""
         scores = ops.matmul(q * ops.cast(self.scale, q.dtype), ops.transpose(k, (0, 2, 1)))
-        low = scores.dtype in _LOW_PRECISION
+        low = keras.backend.standardize_dtype(scores.dtype) in _LOW_PRECISION  # torch.bfloat16 is no string
         if low:  # a softmax over 1568 keys sums in float32, as mixed precision training expects
             scores = ops.cast(scores, "float32")
         weights = ops.exp(scores - ops.max(scores, axis=-1, keepdims=True))
