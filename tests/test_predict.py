@@ -4,14 +4,12 @@ raw-frames endpoint, and one `error:` line for each kind of bad input."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import synthetic_video
-from conftest import REPO, TINY_FT
+from conftest import NATIVE_NOISE, TINY_FT, run_cli
 from official_transforms import centre_view, decode_all, kinetics_test_views
 
 from converter import frameworks
@@ -34,10 +32,9 @@ def artifact(tmp_path_factory):
 
 
 def predict_process(*args):
-    """As a user runs it: a fresh interpreter (about 15 s of imports each, so used once)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "tf_models.predict", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, env=env)
+    """As a user runs it: the command's entry point in a fresh interpreter, tensorflow writing its
+    native start-up lines to fd 2 as it does on some CPUs (about 15 s of imports each)."""
+    return run_cli(*args, module="vmae_cli", timeout=600)
 
 
 def predict(*args):
@@ -72,6 +69,7 @@ def _check_top5(result, expected):
 def test_single_view_top5_equals_pytorch_reference(artifact):
     run = predict_process(artifact["video"], "--model", artifact["model"], "--views", "1", "--json", "-q")
     assert run.returncode == 0, run.stderr
+    assert run.stderr == ""  # -q: nothing of its own, and tensorflow's native lines kept off the terminal
     [result] = json.loads(run.stdout)
     assert result["views"] == 1 and result["dataset"] == "k400"
     view = centre_view(decode_all(artifact["video"]), CFG.num_frames, 4, CFG.image_size)
@@ -148,6 +146,18 @@ def test_bad_inputs_give_one_error_line(artifact, tmp_path):
                     "expected a SavedModel folder, a .weights.h5 or a .keras file")
     _one_error_line(predict(artifact["video"], "--model", tmp_path), "without saved_model.pb")
     _one_error_line(predict(artifact["video"], "--model", artifact["model"], "--views", "7"), "--views 7")
+
+
+def test_bad_input_is_the_only_line_on_the_terminal(artifact, tmp_path):
+    """The installed command: tensorflow's start-up lines (written to fd 2 on some CPUs, whatever
+    TF_CPP_MIN_LOG_LEVEL says) do not surround the error line; --debug shows them."""
+    short = tmp_path / "short.mp4"
+    synthetic_video.write(short, synthetic_video.frames(8, 32, 32))
+    run = predict_process(short, "--model", artifact["model"], "-q")
+    assert run.returncode == 2
+    assert run.stderr == "error: video too short: 8 frames, one clip needs 13 (4 frames at sampling rate 4)\n"
+    debug = predict_process(short, "--model", artifact["model"], "-q", "--debug")
+    assert NATIVE_NOISE.splitlines()[1] in debug.stderr and "error: video too short" in debug.stderr
 
 
 def test_a_video_that_fails_does_not_stop_the_others(artifact, tmp_path):
