@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 import synthetic_video
-from conftest import NATIVE_NOISE, TINY_FT, run_cli
+from conftest import NATIVE_NOISE, TINY_FT, TINY_V2_FT, run_cli
 from official_transforms import centre_view, decode_all, kinetics_test_views
 
 from converter import frameworks
@@ -196,24 +196,29 @@ def test_headless_backbone_is_refused(tmp_path, artifact):
 
 
 def test_keras_file_predicts_as_the_saved_model(artifact):
-    """A `.keras` file beside its report. Keras 3.15 cannot reload this model's .keras yet (the
-    Keras-model issue makes it load); until then the test says so and skips."""
-    import keras
-
-    from tf_models import build_model
-
-    model = build_model(CFG)
-    model.load_weights(artifact["h5"])
-    path = artifact["dir"] / "tiny.keras"
-    model.save(path)
-    try:
-        keras.saving.load_model(path)
-    except Exception as err:  # noqa: BLE001 (any failure of Keras itself: nothing of ours to test yet)
-        pytest.skip(f".keras files of this model do not reload yet: {str(err)[:80]}")
+    """The `.keras` file the conversion published (its report beside it), as the SavedModel."""
     runs = [predict(artifact["video"], "--model", m, "--views", "1", "--json", "-q", "--dataset", "k400")
-            for m in (path, artifact["model"])]
+            for m in (artifact["dir"] / "tiny.keras", artifact["model"])]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
     keras_top, saved_top = (json.loads(r.stdout)[0]["top"] for r in runs)
     assert [t["label"] for t in keras_top] == [t["label"] for t in saved_top]
     np.testing.assert_allclose([t["probability"] for t in keras_top], [t["probability"] for t in saved_top],
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("remap", [None, "k400"])
+def test_videomae_v2_k710_head_prints_its_own_class_names(artifact, tmp_path, remap):
+    """A VideoMAE V2 K710 head names its logits with V2's K710 list (not alphabetical), the same
+    head remapped with --remap-head k400 with Kinetics-400's; vmae-predict is told neither."""
+    from tf_models import labels
+
+    cfg = TINY_V2_FT.with_(num_classes=710)
+    report = convert(config=cfg, synthetic=True, family="v2", dataset="k710", remap_head=remap, output_dir=tmp_path,
+                     name="v2", xla=False, float64=False)
+    assert report["passed"], report["checks"]
+    run = predict(artifact["video"], "--model", tmp_path / "v2", "--views", "1", "--top", "20", "--json", "-q")
+    assert run.returncode == 0, run.stderr
+    [result] = json.loads(run.stdout)
+    names = labels.load(remap or "k710")
+    assert result["dataset"] == "k710" and len(result["top"]) == 20
+    assert [t["label"] for t in result["top"]] == [names[t["index"]] for t in result["top"]]
