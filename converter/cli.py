@@ -16,7 +16,9 @@ from typing import Callable
 
 import click
 
-from . import hub, interrupts, native_stderr
+from vmae_cli import hide_native_stderr
+
+from . import hub, interrupts
 from .errors import VMAEError
 from .registry import DEFAULT_FAMILY, FAMILIES
 from .variants import DATASETS, V2_VARIANTS, VARIANTS, generation_for
@@ -32,9 +34,9 @@ def guarded(action: Callable[[], int | None], debug: bool = False) -> None:
 
     After a signal, whatever exception comes out is the interruption, whatever a library made
     of it on the way (see `interrupts`). Native libraries' own stderr lines (tensorflow's start-up
-    lines on some CPUs) are kept off the terminal unless `debug` (see `native_stderr`)."""
+    lines on some CPUs) are kept off the terminal unless `debug` (see `vmae_cli`)."""
     if not debug:
-        native_stderr.hide_native_stderr()
+        hide_native_stderr()
     signals = interrupts.Signals()  # replaced by the run's own as soon as it starts
     try:
         with interrupts.signals_as_interrupts() as signals:

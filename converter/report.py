@@ -3,6 +3,7 @@ parity-report.md for people (and for a CI job summary)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .batch import load_manifest
@@ -96,6 +97,17 @@ def to_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plotted_profile(profile: dict) -> tuple[float, dict[str, list[float]]]:
+    """(floor, values per precision) as drawn: a difference of exactly 0 has no place on a log
+    scale, so it is drawn at the floor, a decade below the smallest difference that is not 0.
+    A fixed tiny floor would stretch the axis over hundreds of decades and flatten every other
+    point into one line (float32 patch embeddings agree exactly on some CPUs); a missing stage is NaN."""
+    positive = [v for dtype in ("float32", "float64") for v in profile.get(dtype) or [] if v]
+    floor = 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else 1e-16
+    return floor, {dtype: [float("nan") if v is None else (v or floor) for v in profile[dtype]]
+                   for dtype in ("float32", "float64") if profile.get(dtype)}
+
+
 def plot_error_profile(profile: dict, path, title: str = "") -> None:
     """A small PNG: one line per precision over the stages, log y-scale."""
     import matplotlib
@@ -104,13 +116,13 @@ def plot_error_profile(profile: dict, path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     stages = profile["stages"]
+    floor, lines = plotted_profile(profile)
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
     try:
-        for dtype, style in (("float32", "o-"), ("float64", "s-")):
-            # A difference of exactly 0 has no place on a log scale: drawn at the smallest double.
-            values = [max(v, 1e-300) if v is not None else float("nan") for v in profile.get(dtype) or []]
-            if values:
-                ax.plot(range(len(values)), values, style, markersize=3, label=dtype)
+        for dtype, values in lines.items():
+            ax.plot(range(len(values)), values, {"float32": "o-", "float64": "s-"}[dtype], markersize=3, label=dtype)
+        if any(v == 0 for dtype in lines for v in profile[dtype]):
+            ax.axhline(floor, color="grey", linestyle=":", linewidth=0.8, label="exactly 0")
         ax.set_yscale("log")
         ax.set_xticks(range(len(stages)))
         ax.set_xticklabels([s.replace("blocks.", "b").replace("encoder.", "e.").replace("decoder.", "d.")

@@ -13,7 +13,6 @@ No torch and no `converter` here: this runs where only TensorFlow is installed.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,16 +239,20 @@ def _format(result: dict) -> str:
 @click.option("--dataset", default=None, type=click.Choice(sorted(preprocessing.PROTOCOLS)),
               help="Override the dataset (test protocol) the artifact declares.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
-def main(videos, model, views, top, as_json, dataset, quiet):
+@click.option("--debug", is_flag=True,
+              help="Tracebacks instead of one error line, and what native libraries write to stderr "
+                   "(tensorflow's start-up lines), hidden otherwise.")
+def main(videos, model, views, top, as_json, dataset, quiet, debug):
     """Classify VIDEOS (mp4, webm, any format FFmpeg reads) with a converted VideoMAE."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         code = run(videos, model, views, top, as_json, dataset, quiet)
     except (ModelError, VideoError, OptionError) as err:
+        if debug:
+            raise
         click.echo("error: " + " ".join(str(err).split()), err=True)
         sys.exit(2)
     sys.exit(code)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m tf_models.predict`: tensorflow's start-up lines are not hidden
     main()
