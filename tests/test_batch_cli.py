@@ -104,6 +104,9 @@ def test_batch_cli_end_to_end(zoo):
     assert "converted 2, skipped (already done) 0" in fourth.stdout
     assert f"todo {S_FT}: no passing record" in fourth.stderr
     assert (out / f"{S_FT}.parity.json").exists()
+    # the README's promise: the same conversion in another process writes a byte-identical .weights.h5
+    h5 = f"{S_FT}.weights.h5"
+    assert batch.sha256_file(out / h5) == records[S_FT]["artifacts"][h5]["sha256"]
 
     # a synthetic release is no real one: the real run redoes it, says why, and fails on the download
     real = run("--no-xla", "--no-float64", "--stage", "ft")
