@@ -269,12 +269,18 @@ def test_zip_of_the_same_folder_is_the_same_bytes_whatever_the_timestamps(tmp_pa
     for i, d in enumerate(("a", "b")):
         sm = tmp_path / d / "m"
         names = ["saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"]
+        names += [f"assets/{c}.txt" for c in "qwertyuiopasdfg"]  # enough that directory order is not sorted order
         for name in (names if i == 0 else names[::-1]):  # created in another order
             (sm / name).parent.mkdir(parents=True, exist_ok=True)
             (sm / name).write_bytes(name.encode() * 100)
             os.utime(sm / name, (time.time() - 1000 * i, time.time() - 1000 * i))
         zip_folder(sm, tmp_path / d / "m.zip")
     assert (tmp_path / "a" / "m.zip").read_bytes() == (tmp_path / "b" / "m.zip").read_bytes()
+    # sorted entries: the same bytes from a copy of the folder on any file system, whatever its listing order
+    import zipfile
+
+    listed = zipfile.ZipFile(tmp_path / "a" / "m.zip").namelist()
+    assert listed == sorted(listed) and len(listed) == len(names) + 2  # + m/assets/, m/variables/
 
 
 @pytest.mark.parametrize("content, says", [
