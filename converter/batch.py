@@ -27,9 +27,10 @@ from .variants import arch_config
 MANIFEST = "manifest.json"
 GIB = 2**30
 # torch + tensorflow themselves, their thread pools and allocator caches. Measured ViT-S conversion
-# peaks (float64 on): 1.64-1.85 GiB on a 2-core AMD EPYC (AVX2), 2.15 GiB (2.3 GiB by the batch's
-# watcher) on an Intel AVX-512 machine; 1.5 GiB here under-estimated that by 0.2 GiB, so --jobs could
-# over-commit. 2.25 GiB puts ViT-S at 2.9 GiB, 25% above the highest peak seen.
+# peaks (float64 on): 1.64-1.85 GiB on a 2-core AMD EPYC (AVX2), 2.18 GiB (2.14 GiB by the batch's
+# watcher) on a 2-core AMD EPYC Zen 4 with AVX-512, 2.15 GiB (2.3 GiB by the batch's watcher) on an
+# Intel AVX-512 machine; 1.5 GiB here under-estimated that by 0.2 GiB, so --jobs could over-commit.
+# 2.25 GiB puts ViT-S at 2.9 GiB, 25% above the highest peak seen.
 FRAMEWORK_BASELINE = 2.25 * GIB
 
 

@@ -43,6 +43,23 @@ def manifest(root):
     return json.loads((root / "release" / "manifest.json").read_text())
 
 
+# What each release name must hold, typed from the names: a child command line that lost --stage or
+# --variant still passes its own parity gate, under a release name that promises another model.
+# Tiny pre-trained output: 2 frame groups x 4 patches, int(0.9 * 4) = 3 hidden per group (K400's tube
+# mask), each 2 x 16 x 16 x 3 pixels.
+EXPECTED = {S_FT: ("S", "k400", "ft", [1, 400]), S_PT: ("S", "k400", "pt", [1, 6, 1536]),
+            B_FT: ("B", "k400", "ft", [1, 400])}
+
+
+def describes_its_entry(report, name):
+    variant, dataset, stage, shape = EXPECTED[name]
+    # (the tiny architecture comes in as a config, so the report leaves variant and dataset to the command)
+    command = report["command"].split()
+    asked = tuple(command[command.index(f"--{key}") + 1] for key in ("variant", "dataset", "stage"))
+    assert asked == (variant, dataset, stage) and report["stage"] == stage, name
+    assert report["output_shape"] == shape, name
+
+
 def test_batch_cli_end_to_end(zoo):
     root, run = zoo
     out = root / "release"
@@ -61,6 +78,7 @@ def test_batch_cli_end_to_end(zoo):
         command = report["command"].split()
         assert {"--synthetic", "--quiet", "--no-float64", "--no-xla"} <= set(command)
         assert command[command.index("--name") + 1] == name
+        describes_its_entry(report, name)
 
     # --include-extra --shard 1/2: the deterministic half of all three; the release one there is done
     entries = load_registry(root / "registry.yaml")
@@ -70,6 +88,7 @@ def test_batch_cli_end_to_end(zoo):
     assert second.returncode == 0, second.stderr[-3000:]
     assert set(manifest(root)["entries"]) == {S_FT, S_PT, B_FT}
     assert f"converted 1, skipped (already done) {len(half) - 1}, failed 0" in second.stdout
+    describes_its_entry(json.loads((out / f"{B_FT}.parity.json").read_text()), B_FT)
 
     # filters: the fine-tuned release entry only, already done
     third = run(*SAME, "--stage", "ft")
@@ -85,6 +104,9 @@ def test_batch_cli_end_to_end(zoo):
     assert "converted 2, skipped (already done) 0" in fourth.stdout
     assert f"todo {S_FT}: no passing record" in fourth.stderr
     assert (out / f"{S_FT}.parity.json").exists()
+    # the README's promise: the same conversion in another process writes a byte-identical .weights.h5
+    h5 = f"{S_FT}.weights.h5"
+    assert batch.sha256_file(out / h5) == records[S_FT]["artifacts"][h5]["sha256"]
 
     # a synthetic release is no real one: the real run redoes it, says why, and fails on the download
     real = run("--no-xla", "--no-float64", "--stage", "ft")
