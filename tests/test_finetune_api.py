@@ -42,6 +42,13 @@ def test_drop_path_drops_whole_samples_with_a_rate_rising_over_depth():
     x = _video(CFG, batch=1)
     draws = np.stack([model(x, training=True).numpy() for _ in range(64)])
     assert len({d.tobytes() for d in draws}) > 1
+    # a sample's branch is kept whole (scaled by 1/keep) or dropped whole: never element by element
+    drop = model.get_layer(f"blocks_{CFG.depth - 1}").drop_path
+    out = drop(np.ones((256, 8, 16), "float32"), training=True).numpy()
+    per_sample = out.reshape(256, -1)
+    assert (per_sample == per_sample[:, :1]).all()
+    values = np.unique(per_sample)
+    assert values.size == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-6)
 
 
 def test_pooled_backbone_is_the_mean_of_the_token_backbone():
